@@ -1,0 +1,43 @@
+//! # ferroloop-core
+//!
+//! The Python-free heart of ferroloop: the data structures one iteration of an
+//! asyncio-style event loop is made of. The Python binding (`ferroloop-python`)
+//! adapts Python callables to these types, and Rust programs can drive them
+//! directly through [`Scheduler`].
+//!
+//! ## One iteration (asyncio's `_run_once`, kept exactly)
+//! 1. Drop cancelled timers: lazily from the head of the [`TimerHeap`], or by a
+//!    full compaction when most scheduled timers are cancelled.
+//! 2. Compute the poll timeout: zero when callbacks are ready or the loop is
+//!    stopping, else the time to the earliest timer, else "block".
+//! 3. Poll the [`Reactor`] (the caller releases the GIL around this step).
+//!    Wake-ups from other threads arrive through the [`Injector`].
+//! 4. Move every timer due by `now + clock_resolution` to the [`ReadyQueue`],
+//!    in `(deadline, sequence)` order.
+//! 5. Run exactly the callbacks that were ready when step 5 began; callbacks
+//!    they schedule wait for the next iteration.
+//!
+//! ## Invariants
+//! - Everything but the [`Injector`] belongs to the thread running the loop;
+//!   the injector is the only structure shared across threads (it is `Sync`).
+//! - Timer order is total: `(deadline, sequence)` with `f64::total_cmp`, so
+//!   `Ord` agrees with `Eq` even for NaN deadlines (NaN sorts last).
+//! - No callback is ever dropped silently: cancelled entries are skipped by
+//!   the caller's run step, everything else runs exactly once.
+
+pub mod clock;
+pub mod injector;
+pub mod reactor;
+pub mod ready;
+pub mod scheduler;
+pub mod timer;
+
+pub use clock::{monotonic, resolution};
+pub use injector::Injector;
+pub use reactor::Reactor;
+pub use ready::ReadyQueue;
+pub use scheduler::Scheduler;
+pub use timer::{Cancellable, TimerHeap};
+
+/// asyncio's `MAXIMUM_SELECT_TIMEOUT`: the longest a single poll may block (one day).
+pub const MAXIMUM_POLL_TIMEOUT: f64 = 24.0 * 3600.0;

@@ -1,0 +1,80 @@
+//! Finalizers for native futures: asyncio logs "Future exception was never
+//! retrieved" and "Task was destroyed but it is pending!" from `__del__`.
+//!
+//! PyO3 has no `__del__`, so we do what CPython's own `_asyncio` module does
+//! for its C Future: a `tp_finalize` slot, and a `tp_dealloc` that calls
+//! `PyObject_CallFinalizerFromDealloc` before the real deallocation. The
+//! finalizer runs with the object still alive (PEP 442), so the report can
+//! pass the future itself to the exception handler, as asyncio does.
+
+use std::sync::OnceLock;
+
+use pyo3::prelude::*;
+use pyo3::{ffi, PyTypeInfo};
+
+use crate::future::{finalize_report, Future, Task};
+
+type Dealloc = unsafe extern "C" fn(*mut ffi::PyObject);
+
+static FUTURE_DEALLOC: OnceLock<Dealloc> = OnceLock::new();
+static TASK_DEALLOC: OnceLock<Dealloc> = OnceLock::new();
+
+unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
+    // SAFETY: tp_finalize is called by CPython with the GIL held and `obj`
+    // alive (refcount temporarily > 0).
+    let py = unsafe { Python::assume_attached() };
+    // SAFETY: `obj` is a live object for the duration of this call.
+    let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    // Keep any exception being raised around us intact (as `__del__` does).
+    let saved = PyErr::take(py);
+    if let Ok(fut) = any.cast::<Future>() {
+        if let Err(e) = finalize_report(fut) {
+            e.write_unraisable(py, Some(&any));
+        }
+    }
+    if let Some(e) = saved {
+        e.restore(py);
+    }
+}
+
+unsafe fn dealloc_with(obj: *mut ffi::PyObject, orig: &OnceLock<Dealloc>) {
+    // SAFETY: called as tp_dealloc with refcount 0 and the GIL held; the
+    // finalizer may resurrect the object, in which case we must stop here.
+    if unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
+        return;
+    }
+    let f = orig.get().expect("installed before any instance exists");
+    // SAFETY: the original PyO3 deallocator of this exact type.
+    unsafe { f(obj) }
+}
+
+unsafe extern "C" fn future_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: forwarded tp_dealloc contract.
+    unsafe { dealloc_with(obj, &FUTURE_DEALLOC) }
+}
+
+unsafe extern "C" fn task_dealloc(obj: *mut ffi::PyObject) {
+    // SAFETY: forwarded tp_dealloc contract.
+    unsafe { dealloc_with(obj, &TASK_DEALLOC) }
+}
+
+fn patch(tp: *mut ffi::PyTypeObject, store: &OnceLock<Dealloc>, replacement: Dealloc) {
+    // SAFETY: `tp` is one of our own heap types, fully initialized, and no
+    // instance exists yet (this runs during module init, with the GIL).
+    // Slots of heap types are writable; PyType_Modified invalidates caches.
+    unsafe {
+        if let Some(orig) = (*tp).tp_dealloc {
+            if store.set(orig).is_ok() {
+                (*tp).tp_dealloc = Some(replacement);
+                (*tp).tp_finalize = Some(finalize);
+                ffi::PyType_Modified(tp);
+            }
+        }
+    }
+}
+
+pub fn install(py: Python<'_>) -> PyResult<()> {
+    patch(Future::type_object(py).as_type_ptr(), &FUTURE_DEALLOC, future_dealloc);
+    patch(Task::type_object(py).as_type_ptr(), &TASK_DEALLOC, task_dealloc);
+    Ok(())
+}

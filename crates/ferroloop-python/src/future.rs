@@ -1,0 +1,1351 @@
+//! Native `Future` and `Task`.
+//!
+//! One Rust struct, [`Future`], holds the state of both: a task is a future
+//! whose `task` field is set. The Python class `Task` is a zero-sized
+//! subclass that only overrides methods. This keeps every internal path
+//! (completion, callbacks, awaiting) one code path with a single borrow.
+//!
+//! ## Invariants
+//! - A `PyRef`/`PyRefMut` of a future is never held while Python code runs
+//!   (callbacks, `repr`, `__del__` of a dropped value): borrows are short and
+//!   values are moved out before they are dropped or called.
+//! - Done callbacks are kept as [`DoneCallback`]: a task waiting on a native
+//!   future is stored as `Wakeup` (no bound method, no Handle per wake-up);
+//!   on ferroloop's loop, completion pushes `Ready` items straight into the
+//!   ready queue. On any other loop, they go through `loop.call_soon`.
+//! - The objects report asyncio's classes through `__class__`, so
+//!   `isinstance(f, asyncio.Future)` is true (CPython's isinstance falls back
+//!   to `__class__`), and asyncio's own repr helpers format them.
+//! - The semantics follow CPython's `Lib/asyncio/futures.py` and `tasks.py`
+//!   (3.11): state machine, error messages, callback and cancellation order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple, PyType};
+use pyo3::{ffi, intern, PyTraverseError, PyTypeInfo, PyVisit};
+
+use crate::event_loop::{Loop, Ready};
+use crate::handle::loop_debug;
+use crate::util::{copy_context, extract_stack, foreign_call_soon, imports, in_context, invalid_state, is_exit_exception};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum State {
+    Pending,
+    Cancelled,
+    Finished,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Pending => "PENDING",
+            State::Cancelled => "CANCELLED",
+            State::Finished => "FINISHED",
+        }
+    }
+}
+
+/// A registered done callback.
+pub(crate) enum DoneCallback {
+    /// `fn(fut)` run in `ctx`.
+    Py { func: Py<PyAny>, ctx: Py<PyAny> },
+    /// Wake the native task `task` (runs in the task's context).
+    Wakeup { task: Py<Future> },
+}
+
+/// Task-only state.
+pub(crate) struct TaskFields {
+    pub coro: Py<PyAny>,
+    pub context: Py<PyAny>,
+    name: Option<Py<PyAny>>,
+    seq: u64,
+    pub must_cancel: bool,
+    pub fut_waiter: Option<Py<PyAny>>,
+    num_cancels_requested: i64,
+    log_destroy_pending: bool,
+    started: bool,
+}
+
+static TASK_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+#[pyclass(module = "ferroloop._ferroloop", name = "Future", subclass, weakref)]
+pub struct Future {
+    pub(crate) state: State,
+    result: Option<Py<PyAny>>,
+    exception: Option<Py<PyAny>>,
+    exception_tb: Option<Py<PyAny>>,
+    pub(crate) lp: Py<PyAny>,
+    /// `lp` is ferroloop's loop: schedule without Python calls.
+    pub(crate) native_loop: bool,
+    callbacks: Vec<DoneCallback>,
+    cancel_message: Option<Py<PyAny>>,
+    cancelled_exc: Option<Py<PyAny>>,
+    source_traceback: Option<Py<PyAny>>,
+    blocking: bool,
+    log_traceback: bool,
+    pub(crate) task: Option<Box<TaskFields>>,
+}
+
+/// The Python class `Task`: a [`Future`] whose `task` field is set.
+#[pyclass(module = "ferroloop._ferroloop", name = "Task", extends = Future, subclass)]
+pub struct Task;
+
+fn runtime(msg: impl Into<String>) -> PyErr {
+    PyRuntimeError::new_err(msg.into())
+}
+
+fn repr_of(obj: &Bound<'_, PyAny>) -> String {
+    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<?>".into())
+}
+
+impl Future {
+    pub(crate) fn new_pending(py: Python<'_>, lp: &Bound<'_, PyAny>, with_traceback: bool) -> PyResult<Self> {
+        let native_loop = lp.is_instance_of::<Loop>();
+        let source_traceback = if with_traceback { Some(extract_stack(py)?) } else { None };
+        Ok(Future {
+            state: State::Pending,
+            result: None,
+            exception: None,
+            exception_tb: None,
+            lp: lp.clone().unbind(),
+            native_loop,
+            callbacks: Vec::new(),
+            cancel_message: None,
+            cancelled_exc: None,
+            source_traceback,
+            blocking: false,
+            log_traceback: false,
+            task: None,
+        })
+    }
+
+    /// `loop.create_future()` for ferroloop's loop.
+    pub(crate) fn create<'py>(lp: &Bound<'py, PyAny>, debug: bool) -> PyResult<Bound<'py, Future>> {
+        let py = lp.py();
+        Bound::new(py, Future::new_pending(py, lp, debug)?)
+    }
+
+    fn task(&self) -> &TaskFields {
+        self.task.as_deref().expect("task state on a Task")
+    }
+
+    fn task_mut(&mut self) -> &mut TaskFields {
+        self.task.as_deref_mut().expect("task state on a Task")
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Completion and callbacks
+// ---------------------------------------------------------------------------
+
+/// Hands every registered callback to the loop (asyncio's
+/// `__schedule_callbacks`) and clears the list.
+fn schedule_callbacks(fut: &Bound<'_, Future>) -> PyResult<()> {
+    let (callbacks, lp, native) = {
+        let mut f = fut.borrow_mut();
+        if f.callbacks.is_empty() {
+            return Ok(());
+        }
+        (std::mem::take(&mut f.callbacks), f.lp.clone_ref(fut.py()), f.native_loop)
+    };
+    let lp = lp.into_bound(fut.py());
+    for cb in callbacks {
+        schedule_one(&lp, native, fut, cb)?;
+    }
+    Ok(())
+}
+
+/// Schedules one done callback of `fut` on `lp`.
+fn schedule_one(lp: &Bound<'_, PyAny>, native: bool, fut: &Bound<'_, Future>, cb: DoneCallback) -> PyResult<()> {
+    let py = lp.py();
+    if native {
+        let l = lp.cast::<Loop>()?;
+        let item = match cb {
+            DoneCallback::Py { func, ctx } => Ready::FutCallback { func, fut: fut.clone().into_any().unbind(), ctx },
+            DoneCallback::Wakeup { task } => Ready::Wakeup { task, fut: fut.clone().into_any().unbind() },
+        };
+        return Loop::push_ready(l, item);
+    }
+    match cb {
+        DoneCallback::Py { func, ctx } => foreign_call_soon(lp, func.into_bound(py), Some(fut.clone().into_any()), ctx.bind(py)),
+        DoneCallback::Wakeup { task } => {
+            let ctx = task.borrow(py).task().context.clone_ref(py);
+            let w = Bound::new(py, TaskWakeup { task })?;
+            foreign_call_soon(lp, w.into_any(), Some(fut.clone().into_any()), ctx.bind(py))
+        }
+    }
+}
+
+fn check_initialized(_fut: &Future) -> PyResult<()> {
+    Ok(())
+}
+
+pub(crate) fn fut_set_result(fut: &Bound<'_, Future>, value: Py<PyAny>) -> PyResult<()> {
+    let py = fut.py();
+    {
+        let mut f = fut.borrow_mut();
+        check_initialized(&f)?;
+        if f.state != State::Pending {
+            let state = f.state.name();
+            drop(f);
+            return Err(invalid_state(py, format!("{}: {}", state, repr_of(fut.as_any()))));
+        }
+        f.result = Some(value);
+        f.state = State::Finished;
+    }
+    schedule_callbacks(fut)
+}
+
+pub(crate) fn fut_set_exception(fut: &Bound<'_, Future>, exception: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = fut.py();
+    {
+        let f = fut.borrow();
+        if f.state != State::Pending {
+            let state = f.state.name();
+            drop(f);
+            return Err(invalid_state(py, format!("{}: {}", state, repr_of(fut.as_any()))));
+        }
+    }
+    let exc = if let Ok(ty) = exception.cast::<PyType>() {
+        let inst = ty.call0()?;
+        if !inst.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            return Err(PyTypeError::new_err("exception must be a BaseException subclass or instance"));
+        }
+        inst
+    } else {
+        exception.clone()
+    };
+    if !exc.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        return Err(PyTypeError::new_err("invalid exception object"));
+    }
+    if exc.get_type().is(PyStopIteration::type_object(py)) {
+        return Err(PyTypeError::new_err(
+            "StopIteration interacts badly with generators and cannot be raised into a Future",
+        ));
+    }
+    let tb = exc.getattr(intern!(py, "__traceback__"))?;
+    {
+        let mut f = fut.borrow_mut();
+        f.exception = Some(exc.unbind());
+        f.exception_tb = if tb.is_none() { None } else { Some(tb.unbind()) };
+        f.state = State::Finished;
+        f.log_traceback = true;
+    }
+    schedule_callbacks(fut)
+}
+
+/// `Future.cancel(msg)` (the base behaviour, also `super().cancel()` of a task).
+pub(crate) fn fut_cancel(fut: &Bound<'_, Future>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+    {
+        let mut f = fut.borrow_mut();
+        f.log_traceback = false;
+        if f.state != State::Pending {
+            return Ok(false);
+        }
+        f.state = State::Cancelled;
+        f.cancel_message = msg;
+    }
+    schedule_callbacks(fut)?;
+    Ok(true)
+}
+
+/// asyncio's `_make_cancelled_error()`: the saved CancelledError if a task
+/// was cancelled by one, else a new one carrying the cancel message.
+pub(crate) fn make_cancelled_error<'py>(fut: &Bound<'py, Future>) -> PyResult<Bound<'py, PyAny>> {
+    let py = fut.py();
+    let (saved, msg) = {
+        let mut f = fut.borrow_mut();
+        (f.cancelled_exc.take(), f.cancel_message.as_ref().map(|m| m.clone_ref(py)))
+    };
+    if let Some(exc) = saved {
+        return Ok(exc.into_bound(py));
+    }
+    let cls = imports(py)?.cancelled_error.bind(py);
+    match msg {
+        None => cls.call0(),
+        Some(m) => cls.call1((m,)),
+    }
+}
+
+/// `Future.result()`.
+pub(crate) fn fut_result(fut: &Bound<'_, Future>) -> PyResult<Py<PyAny>> {
+    let py = fut.py();
+    let state = fut.borrow().state;
+    match state {
+        State::Cancelled => Err(PyErr::from_value(make_cancelled_error(fut)?)),
+        State::Pending => Err(invalid_state(py, "Result is not ready.".into())),
+        State::Finished => {
+            let (result, exc, tb) = {
+                let mut f = fut.borrow_mut();
+                f.log_traceback = false;
+                (
+                    f.result.as_ref().map(|r| r.clone_ref(py)),
+                    f.exception.as_ref().map(|e| e.clone_ref(py)),
+                    f.exception_tb.as_ref().map(|t| t.clone_ref(py)),
+                )
+            };
+            if let Some(exc) = exc {
+                let exc = exc.into_bound(py);
+                let tb = tb.map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
+                let exc = exc.call_method1(intern!(py, "with_traceback"), (tb,))?;
+                return Err(PyErr::from_value(exc));
+            }
+            Ok(result.unwrap_or_else(|| py.None()))
+        }
+    }
+}
+
+/// `Future.add_done_callback` with an internal callback.
+pub(crate) fn fut_add_callback(fut: &Bound<'_, Future>, cb: DoneCallback) -> PyResult<()> {
+    let (lp, native) = {
+        let mut f = fut.borrow_mut();
+        if f.state == State::Pending {
+            f.callbacks.push(cb);
+            return Ok(());
+        }
+        (f.lp.clone_ref(fut.py()), f.native_loop)
+    };
+    schedule_one(lp.bind(fut.py()), native, fut, cb)
+}
+
+// ---------------------------------------------------------------------------
+// Task stepping
+// ---------------------------------------------------------------------------
+
+fn is_coroutine(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    // SAFETY: obj is a live object; PyCoro_CheckExact only reads its type.
+    if unsafe { ffi::PyCoro_CheckExact(obj.as_ptr()) } != 0 {
+        return Ok(true);
+    }
+    imports(obj.py())?.iscoroutine.bind(obj.py()).call1((obj,))?.is_truthy()
+}
+
+/// Builds the state of a new task (nothing scheduled yet).
+fn new_task_state<'py>(
+    py: Python<'py>,
+    coro: &Bound<'py, PyAny>,
+    lp: Option<&Bound<'py, PyAny>>,
+    name: Option<&Bound<'py, PyAny>>,
+    context: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Future> {
+    let lp = match lp {
+        Some(l) if !l.is_none() => l.clone(),
+        _ => imports(py)?.get_event_loop.bind(py).call0()?,
+    };
+    if !is_coroutine(coro)? {
+        return Err(PyTypeError::new_err(format!("a coroutine was expected, got {}", repr_of(coro))));
+    }
+    let debug = loop_debug(&lp)?;
+    let mut fut = Future::new_pending(py, &lp, debug)?;
+    let name = match name {
+        Some(n) if !n.is_none() => Some(n.str()?.into_any().unbind()),
+        _ => None,
+    };
+    let context = match context {
+        Some(c) if !c.is_none() => c.clone().unbind(),
+        _ => copy_context(py)?.unbind(),
+    };
+    fut.task = Some(Box::new(TaskFields {
+        coro: coro.clone().unbind(),
+        context,
+        name,
+        seq: TASK_COUNTER.fetch_add(1, Ordering::Relaxed),
+        must_cancel: false,
+        fut_waiter: None,
+        num_cancels_requested: 0,
+        log_destroy_pending: true,
+        started: false,
+    }));
+    Ok(fut)
+}
+
+/// Schedules the first step and registers the task with asyncio
+/// (`all_tasks()`), exactly once.
+fn start_task(task: &Bound<'_, Task>) -> PyResult<()> {
+    let py = task.py();
+    let fut = task.as_super();
+    {
+        let mut f = fut.borrow_mut();
+        let t = f.task_mut();
+        if t.started {
+            return Ok(());
+        }
+        t.started = true;
+    }
+    schedule_step(fut, None)?;
+    imports(py)?.register_task.bind(py).call1((task,))?;
+    Ok(())
+}
+
+/// `loop.create_task(coro)` with a native task.
+pub(crate) fn create_task<'py>(
+    lp: &Bound<'py, PyAny>,
+    coro: &Bound<'py, PyAny>,
+    name: Option<&Bound<'py, PyAny>>,
+    context: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, Task>> {
+    let py = lp.py();
+    let state = new_task_state(py, coro, Some(lp), name, context)?;
+    let task = Bound::new(py, PyClassInitializer::from(state).add_subclass(Task))?;
+    start_task(&task)?;
+    Ok(task)
+}
+
+/// Schedules `task.__step(exc)` on the task's loop, in the task's context.
+pub(crate) fn schedule_step(task: &Bound<'_, Future>, exc: Option<Py<PyAny>>) -> PyResult<()> {
+    let py = task.py();
+    let (lp, native, ctx) = {
+        let f = task.borrow();
+        (f.lp.clone_ref(py), f.native_loop, f.task().context.clone_ref(py))
+    };
+    let lp = lp.into_bound(py);
+    if native {
+        return Loop::push_ready(lp.cast::<Loop>()?, Ready::Step { task: task.clone().unbind(), exc });
+    }
+    let step = Bound::new(py, TaskStepMethWrapper { task: task.clone().unbind(), exc })?;
+    foreign_call_soon(&lp, step.into_any(), None, ctx.bind(py))
+}
+
+enum Outcome<'py> {
+    Yielded(Bound<'py, PyAny>),
+    Returned(Bound<'py, PyAny>),
+    Raised(PyErr),
+}
+
+fn send_into<'py>(coro: &Bound<'py, PyAny>, exc: Option<Bound<'py, PyAny>>) -> Outcome<'py> {
+    let py = coro.py();
+    match exc {
+        None => {
+            // SAFETY: type checks only read the object's type.
+            let fast = unsafe { ffi::PyCoro_CheckExact(coro.as_ptr()) != 0 || ffi::PyGen_CheckExact(coro.as_ptr()) != 0 };
+            if fast {
+                let mut out: *mut ffi::PyObject = std::ptr::null_mut();
+                // SAFETY: coro is a live coroutine/generator; Py_None is a valid
+                // borrowed argument; `out` receives a new reference on NEXT and RETURN.
+                let rc = unsafe { ffi::PyIter_Send(coro.as_ptr(), ffi::Py_None(), &mut out) };
+                return match rc {
+                    // SAFETY: on PYGEN_NEXT/PYGEN_RETURN `out` is a new, non-NULL reference.
+                    ffi::PySendResult::PYGEN_NEXT => Outcome::Yielded(unsafe { Bound::from_owned_ptr(py, out) }),
+                    ffi::PySendResult::PYGEN_RETURN => Outcome::Returned(unsafe { Bound::from_owned_ptr(py, out) }),
+                    ffi::PySendResult::PYGEN_ERROR => Outcome::Raised(PyErr::fetch(py)),
+                };
+            }
+            classify(py, coro.call_method1(intern!(py, "send"), (py.None(),)))
+        }
+        Some(e) => classify(py, coro.call_method1(intern!(py, "throw"), (e,))),
+    }
+}
+
+fn classify<'py>(py: Python<'py>, r: PyResult<Bound<'py, PyAny>>) -> Outcome<'py> {
+    match r {
+        Ok(v) => Outcome::Yielded(v),
+        Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
+            let value = e.value(py).getattr(intern!(py, "value")).unwrap_or_else(|_| py.None().into_bound(py));
+            Outcome::Returned(value)
+        }
+        Err(e) => Outcome::Raised(e),
+    }
+}
+
+/// asyncio's `Task.__step`.
+pub(crate) fn task_step(task: &Bound<'_, Future>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    let py = task.py();
+    let (done, must_cancel) = {
+        let f = task.borrow();
+        (f.state != State::Pending, f.task().must_cancel)
+    };
+    if done {
+        let exc_repr = exc.as_ref().map(repr_of).unwrap_or_else(|| "None".into());
+        return Err(invalid_state(py, format!("_step(): already done: {}, {}", repr_of(task.as_any()), exc_repr)));
+    }
+    let mut exc = exc;
+    if must_cancel {
+        let is_cancel = match &exc {
+            Some(e) => e.is_instance(imports(py)?.cancelled_error.bind(py))?,
+            None => false,
+        };
+        if !is_cancel {
+            exc = Some(make_cancelled_error(task)?);
+        }
+        task.borrow_mut().task_mut().must_cancel = false;
+    }
+    let (coro, lp) = {
+        let mut f = task.borrow_mut();
+        let lp = f.lp.clone_ref(py);
+        let t = f.task_mut();
+        let waiter = t.fut_waiter.take();
+        let coro = t.coro.clone_ref(py);
+        drop(f);
+        drop(waiter);
+        (coro, lp)
+    };
+    let lp = lp.into_bound(py);
+    let imp = imports(py)?;
+    imp.enter_task.bind(py).call1((&lp, task))?;
+    let outcome = send_into(coro.bind(py), exc);
+    let res = handle_outcome(task, &lp, outcome);
+    let leave = imp.leave_task.bind(py).call1((&lp, task));
+    res?;
+    leave?;
+    Ok(())
+}
+
+fn handle_outcome<'py>(task: &Bound<'py, Future>, lp: &Bound<'py, PyAny>, outcome: Outcome<'py>) -> PyResult<()> {
+    let py = task.py();
+    match outcome {
+        Outcome::Returned(value) => {
+            let cancel_msg = {
+                let mut f = task.borrow_mut();
+                let t = f.task_mut();
+                if t.must_cancel {
+                    t.must_cancel = false;
+                    Some(f.cancel_message.as_ref().map(|m| m.clone_ref(py)))
+                } else {
+                    None
+                }
+            };
+            match cancel_msg {
+                Some(msg) => fut_cancel(task, msg).map(|_| ()),
+                None => fut_set_result(task, value.unbind()),
+            }
+        }
+        Outcome::Raised(err) => {
+            if err.is_instance(py, imports(py)?.cancelled_error.bind(py)) {
+                task.borrow_mut().cancelled_exc = Some(err.into_value(py).into_any());
+                fut_cancel(task, None).map(|_| ())
+            } else if is_exit_exception(py, &err) {
+                fut_set_exception(task, err.value(py).as_any())?;
+                Err(err)
+            } else {
+                fut_set_exception(task, err.value(py).as_any())
+            }
+        }
+        Outcome::Yielded(result) => handle_yield(task, lp, result),
+    }
+}
+
+fn step_with_error(task: &Bound<'_, Future>, msg: String) -> PyResult<()> {
+    let err = runtime(msg).into_value(task.py()).into_any();
+    schedule_step(task, Some(err))
+}
+
+fn handle_yield<'py>(task: &Bound<'py, Future>, lp: &Bound<'py, PyAny>, result: Bound<'py, PyAny>) -> PyResult<()> {
+    let py = task.py();
+    if let Ok(fut) = result.cast::<Future>() {
+        // Native future (or task): no attribute lookups, no bound method.
+        let (same_loop, blocking) = {
+            let f = fut.borrow();
+            (f.lp.bind(py).is(lp), f.blocking)
+        };
+        if !same_loop {
+            return step_with_error(
+                task,
+                format!("Task {} got Future {} attached to a different loop", repr_of(task.as_any()), repr_of(&result)),
+            );
+        }
+        if !blocking {
+            return step_with_error(
+                task,
+                format!("yield was used instead of yield from in task {} with {}", repr_of(task.as_any()), repr_of(&result)),
+            );
+        }
+        if fut.is(task) {
+            return step_with_error(task, format!("Task cannot await on itself: {}", repr_of(task.as_any())));
+        }
+        fut.borrow_mut().blocking = false;
+        fut_add_callback(fut, DoneCallback::Wakeup { task: task.clone().unbind() })?;
+        return after_wait(task, result);
+    }
+    let blocking = result.getattr_opt(intern!(py, "_asyncio_future_blocking"))?;
+    match blocking {
+        Some(b) if !b.is_none() => {
+            let fut_loop = match result.getattr_opt(intern!(py, "get_loop"))? {
+                Some(get_loop) => get_loop.call0()?,
+                None => result.getattr(intern!(py, "_loop"))?,
+            };
+            if !fut_loop.is(lp) {
+                return step_with_error(
+                    task,
+                    format!("Task {} got Future {} attached to a different loop", repr_of(task.as_any()), repr_of(&result)),
+                );
+            }
+            if !b.is_truthy()? {
+                return step_with_error(
+                    task,
+                    format!("yield was used instead of yield from in task {} with {}", repr_of(task.as_any()), repr_of(&result)),
+                );
+            }
+            if result.is(task) {
+                return step_with_error(task, format!("Task cannot await on itself: {}", repr_of(task.as_any())));
+            }
+            result.setattr(intern!(py, "_asyncio_future_blocking"), false)?;
+            let ctx = task.borrow().task().context.clone_ref(py);
+            let wakeup = Bound::new(py, TaskWakeup { task: task.clone().unbind() })?;
+            let kwargs = pyo3::types::PyDict::new(py);
+            kwargs.set_item(intern!(py, "context"), ctx)?;
+            result.call_method(intern!(py, "add_done_callback"), (wakeup,), Some(&kwargs))?;
+            after_wait(task, result)
+        }
+        _ => {
+            if result.is_none() {
+                schedule_step(task, None)
+            } else if imports(py)?.isgenerator.bind(py).call1((&result,))?.is_truthy()? {
+                step_with_error(
+                    task,
+                    format!(
+                        "yield was used instead of yield from for generator in task {} with {}",
+                        repr_of(task.as_any()),
+                        repr_of(&result)
+                    ),
+                )
+            } else {
+                step_with_error(task, format!("Task got bad yield: {}", repr_of(&result)))
+            }
+        }
+    }
+}
+
+/// The task now waits on `waiter`; deliver a pending cancellation to it.
+fn after_wait(task: &Bound<'_, Future>, waiter: Bound<'_, PyAny>) -> PyResult<()> {
+    let py = task.py();
+    let cancel_msg = {
+        let mut f = task.borrow_mut();
+        let msg = f.cancel_message.as_ref().map(|m| m.clone_ref(py));
+        let t = f.task_mut();
+        t.fut_waiter = Some(waiter.clone().unbind());
+        if t.must_cancel {
+            Some(msg)
+        } else {
+            None
+        }
+    };
+    if let Some(msg) = cancel_msg {
+        if cancel_other(&waiter, msg)? {
+            task.borrow_mut().task_mut().must_cancel = false;
+        }
+    }
+    Ok(())
+}
+
+/// `fut.cancel(msg=msg)` on any future.
+fn cancel_other(fut: &Bound<'_, PyAny>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+    let py = fut.py();
+    if let Ok(f) = fut.cast::<Future>() {
+        if f.borrow().task.is_some() {
+            return task_cancel(f, msg);
+        }
+        return fut_cancel(f, msg);
+    }
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item(intern!(py, "msg"), msg)?;
+    fut.call_method(intern!(py, "cancel"), (), Some(&kwargs))?.is_truthy()
+}
+
+/// asyncio's `Task.__wakeup(fut)`.
+pub(crate) fn task_wakeup(task: &Bound<'_, Future>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = task.py();
+    let res = match fut.cast::<Future>() {
+        Ok(f) => fut_result(f).map(|_| ()),
+        Err(_) => fut.call_method0(intern!(py, "result")).map(|_| ()),
+    };
+    match res {
+        Ok(()) => task_step(task, None),
+        Err(e) => task_step(task, Some(e.into_value(py).into_bound(py).into_any())),
+    }
+}
+
+/// asyncio's `Task.cancel(msg)`.
+pub(crate) fn task_cancel(task: &Bound<'_, Future>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+    let py = task.py();
+    let waiter = {
+        let mut f = task.borrow_mut();
+        f.log_traceback = false;
+        if f.state != State::Pending {
+            return Ok(false);
+        }
+        let t = f.task_mut();
+        t.num_cancels_requested += 1;
+        t.fut_waiter.as_ref().map(|w| w.clone_ref(py))
+    };
+    if let Some(w) = waiter {
+        let m = msg.as_ref().map(|m| m.clone_ref(py));
+        if cancel_other(w.bind(py), m)? {
+            return Ok(true);
+        }
+    }
+    let mut f = task.borrow_mut();
+    f.task_mut().must_cancel = true;
+    let old = std::mem::replace(&mut f.cancel_message, msg);
+    drop(f);
+    drop(old);
+    Ok(true)
+}
+
+// ---------------------------------------------------------------------------
+// Callables handed to foreign loops (and shown in reprs)
+// ---------------------------------------------------------------------------
+
+/// `task.__step(exc)` as a callable (CPython's C Task uses an object of
+/// the same name for the same purpose).
+#[pyclass(module = "ferroloop._ferroloop", name = "TaskStepMethWrapper", frozen)]
+pub struct TaskStepMethWrapper {
+    pub(crate) task: Py<Future>,
+    pub(crate) exc: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl TaskStepMethWrapper {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        task_step(self.task.bind(py), self.exc.as_ref().map(|e| e.bind(py).clone()))
+    }
+
+    #[getter]
+    fn __self__(&self, py: Python<'_>) -> Py<Future> {
+        self.task.clone_ref(py)
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.task)?;
+        if let Some(e) = &self.exc {
+            visit.call(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// `task.__wakeup` as a callable; `__qualname__` matches the C Task's
+/// method, so reprs of futures show `cb=[Task.task_wakeup()]` as on stdlib.
+#[pyclass(module = "ferroloop._ferroloop", name = "task_wakeup", frozen)]
+pub struct TaskWakeup {
+    pub(crate) task: Py<Future>,
+}
+
+#[pymethods]
+impl TaskWakeup {
+    fn __call__(&self, py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        task_wakeup(self.task.bind(py), fut)
+    }
+
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "Task.task_wakeup"
+    }
+
+    #[getter]
+    fn __self__(&self, py: Python<'_>) -> Py<Future> {
+        self.task.clone_ref(py)
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        match other.cast::<TaskWakeup>() {
+            Ok(o) => o.get().task.is(&self.task),
+            Err(_) => false,
+        }
+    }
+
+    fn __hash__(&self) -> isize {
+        self.task.as_ptr() as isize
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.task)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Awaiting
+// ---------------------------------------------------------------------------
+
+/// The iterator `__await__` returns (CPython's FutureIter).
+#[pyclass(module = "ferroloop._ferroloop", name = "FutureIter")]
+pub struct FutureIter {
+    fut: Option<Py<Future>>,
+}
+
+impl FutureIter {
+    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let Some(fut) = self.fut.as_ref() else {
+            return Err(PyStopIteration::new_err(()));
+        };
+        let fut = fut.bind(py).clone();
+        {
+            let mut f = fut.borrow_mut();
+            if f.state == State::Pending {
+                if !f.blocking {
+                    f.blocking = true;
+                    return Ok(Some(fut.clone().into_any().unbind()));
+                }
+                return Err(runtime("await wasn't used with future"));
+            }
+        }
+        self.fut = None;
+        let value = fut_result(&fut)?;
+        Err(PyStopIteration::new_err((value,)))
+    }
+}
+
+#[pymethods]
+impl FutureIter {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.step(py)
+    }
+
+    fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        self.step(py)
+    }
+
+    #[pyo3(signature = (typ, val=None, tb=None))]
+    fn throw(&mut self, py: Python<'_>, typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>, tb: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        self.fut = None;
+        let exc = if let Ok(t) = typ.cast::<PyType>() {
+            match val {
+                Some(v) if v.is_instance(t)? => v.clone(),
+                Some(v) if !v.is_none() => t.call1((v,))?,
+                _ => t.call0()?,
+            }
+        } else {
+            typ.clone()
+        };
+        if !exc.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            return Err(PyTypeError::new_err("exceptions must derive from BaseException"));
+        }
+        if let Some(tb) = tb {
+            if !tb.is_none() {
+                exc.setattr(intern!(py, "__traceback__"), tb)?;
+            }
+        }
+        Err(PyErr::from_value(exc))
+    }
+
+    fn close(&mut self) {
+        self.fut = None;
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(f) = &self.fut {
+            visit.call(f)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.fut = None;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Python API of Future
+// ---------------------------------------------------------------------------
+
+fn opt_clone(py: Python<'_>, v: &Option<Py<PyAny>>) -> Py<PyAny> {
+    v.as_ref().map(|x| x.clone_ref(py)).unwrap_or_else(|| py.None())
+}
+
+#[pymethods]
+impl Future {
+    #[new]
+    #[pyo3(signature = (*, r#loop=None))]
+    fn py_new(py: Python<'_>, r#loop: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+        let lp = match r#loop {
+            Some(l) if !l.is_none() => l,
+            _ => imports(py)?.get_event_loop.bind(py).call0()?,
+        };
+        let debug = loop_debug(&lp)?;
+        Future::new_pending(py, &lp, debug)
+    }
+
+    #[pyo3(signature = (*, r#loop=None))]
+    fn __init__(&self, r#loop: Option<Bound<'_, PyAny>>) {
+        let _ = r#loop;
+    }
+
+    #[classmethod]
+    fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let py = cls.py();
+        Ok(imports(py)?.generic_alias.bind(py).call1((cls, item))?.unbind())
+    }
+
+    #[getter]
+    fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let ty = slf.get_type();
+        if ty.is(Future::type_object(py)) {
+            Ok(imports(py)?.aio_future.clone_ref(py))
+        } else if ty.is(Task::type_object(py)) {
+            Ok(imports(py)?.aio_task.clone_ref(py))
+        } else {
+            Ok(ty.into_any().unbind())
+        }
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let imp = imports(py)?;
+        let f = if slf.borrow().task.is_some() { &imp.task_repr } else { &imp.future_repr };
+        Ok(f.bind(py).call1((slf,))?.unbind())
+    }
+
+    fn _repr_info(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let imp = imports(py)?;
+        let f = if slf.borrow().task.is_some() { &imp.task_repr_info } else { &imp.future_repr_info };
+        Ok(f.bind(py).call1((slf,))?.unbind())
+    }
+
+    fn result(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        fut_result(slf)
+    }
+
+    fn exception(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let state = slf.borrow().state;
+        match state {
+            State::Cancelled => Err(PyErr::from_value(make_cancelled_error(slf)?)),
+            State::Pending => Err(invalid_state(py, "Exception is not set.".into())),
+            State::Finished => {
+                let mut f = slf.borrow_mut();
+                f.log_traceback = false;
+                Ok(opt_clone(py, &f.exception))
+            }
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.state != State::Pending
+    }
+
+    fn cancelled(&self) -> bool {
+        self.state == State::Cancelled
+    }
+
+    #[pyo3(signature = (msg=None))]
+    fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+        fut_cancel(slf, msg)
+    }
+
+    fn set_result(slf: &Bound<'_, Self>, result: Py<PyAny>) -> PyResult<()> {
+        fut_set_result(slf, result)
+    }
+
+    fn set_exception(slf: &Bound<'_, Self>, exception: &Bound<'_, PyAny>) -> PyResult<()> {
+        fut_set_exception(slf, exception)
+    }
+
+    #[pyo3(signature = (r#fn, *, context=None))]
+    fn add_done_callback(slf: &Bound<'_, Self>, r#fn: Py<PyAny>, context: Option<Py<PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let ctx = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => copy_context(py)?.unbind(),
+        };
+        fut_add_callback(slf, DoneCallback::Py { func: r#fn, ctx })
+    }
+
+    fn remove_done_callback(slf: &Bound<'_, Self>, r#fn: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let py = slf.py();
+        let callbacks = std::mem::take(&mut slf.borrow_mut().callbacks);
+        let before = callbacks.len();
+        let mut kept = Vec::with_capacity(before);
+        let mut err = None;
+        for cb in callbacks {
+            let matches = if err.is_some() {
+                false
+            } else {
+                let r = match &cb {
+                    DoneCallback::Py { func, .. } => func.bind(py).eq(r#fn),
+                    DoneCallback::Wakeup { task } => match r#fn.cast::<TaskWakeup>() {
+                        Ok(w) => Ok(w.get().task.is(task)),
+                        Err(_) => Ok(false),
+                    },
+                };
+                r.unwrap_or_else(|e| {
+                    err = Some(e);
+                    false
+                })
+            };
+            if !matches {
+                kept.push(cb);
+            }
+        }
+        let removed = before - kept.len();
+        // Callbacks added while comparing (by __eq__ code) go after the kept ones.
+        let mut f = slf.borrow_mut();
+        let added = std::mem::replace(&mut f.callbacks, kept);
+        f.callbacks.extend(added);
+        drop(f);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
+    }
+
+    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.lp.clone_ref(py)
+    }
+
+    fn __await__(slf: &Bound<'_, Self>) -> FutureIter {
+        FutureIter { fut: Some(slf.clone().unbind()) }
+    }
+
+    fn __iter__(slf: &Bound<'_, Self>) -> FutureIter {
+        FutureIter { fut: Some(slf.clone().unbind()) }
+    }
+
+    fn _make_cancelled_error(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Ok(make_cancelled_error(slf)?.unbind())
+    }
+
+    #[getter]
+    fn get__asyncio_future_blocking(&self) -> bool {
+        self.blocking
+    }
+
+    #[setter]
+    fn set__asyncio_future_blocking(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        match value {
+            None => Err(pyo3::exceptions::PyAttributeError::new_err("cannot delete attribute")),
+            Some(v) => {
+                self.blocking = v.is_truthy()?;
+                Ok(())
+            }
+        }
+    }
+
+    #[getter]
+    fn _state(&self) -> &'static str {
+        self.state.name()
+    }
+
+    #[getter]
+    fn _result(&self, py: Python<'_>) -> Py<PyAny> {
+        opt_clone(py, &self.result)
+    }
+
+    #[getter]
+    fn _exception(&self, py: Python<'_>) -> Py<PyAny> {
+        opt_clone(py, &self.exception)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.lp.clone_ref(py)
+    }
+
+    #[getter]
+    fn _callbacks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for cb in &self.callbacks {
+            let item = match cb {
+                DoneCallback::Py { func, ctx } => PyTuple::new(py, [func.clone_ref(py), ctx.clone_ref(py)])?,
+                DoneCallback::Wakeup { task } => {
+                    let ctx = task.try_borrow(py).map(|t| t.task().context.clone_ref(py)).unwrap_or_else(|_| py.None());
+                    let w = Py::new(py, TaskWakeup { task: task.clone_ref(py) })?.into_any();
+                    PyTuple::new(py, [w, ctx])?
+                }
+            };
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+
+    #[getter]
+    fn get__source_traceback(&self, py: Python<'_>) -> Py<PyAny> {
+        opt_clone(py, &self.source_traceback)
+    }
+
+    #[setter]
+    fn set__source_traceback(&mut self, v: Option<Py<PyAny>>) {
+        self.source_traceback = v;
+    }
+
+    #[getter]
+    fn get__log_traceback(&self) -> bool {
+        self.log_traceback
+    }
+
+    #[setter]
+    fn set__log_traceback(&mut self, v: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        if let Some(v) = v {
+            if v.is_truthy()? {
+                return Err(PyValueError::new_err("_log_traceback can only be set to False"));
+            }
+        }
+        self.log_traceback = false;
+        Ok(())
+    }
+
+    #[getter]
+    fn get__cancel_message(&self, py: Python<'_>) -> Py<PyAny> {
+        opt_clone(py, &self.cancel_message)
+    }
+
+    #[setter]
+    fn set__cancel_message(&mut self, py: Python<'_>, v: Option<Py<PyAny>>) {
+        self.cancel_message = v.filter(|x| !x.is_none(py));
+    }
+
+    #[getter]
+    fn get__cancelled_exc(&self, py: Python<'_>) -> Py<PyAny> {
+        opt_clone(py, &self.cancelled_exc)
+    }
+
+    #[setter]
+    fn set__cancelled_exc(&mut self, py: Python<'_>, v: Option<Py<PyAny>>) {
+        self.cancelled_exc = v.filter(|x| !x.is_none(py));
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.lp)?;
+        for v in [&self.result, &self.exception, &self.exception_tb, &self.cancel_message, &self.cancelled_exc, &self.source_traceback].into_iter().flatten() {
+            visit.call(v)?;
+        }
+        for cb in &self.callbacks {
+            match cb {
+                DoneCallback::Py { func, ctx } => {
+                    visit.call(func)?;
+                    visit.call(ctx)?;
+                }
+                DoneCallback::Wakeup { task } => visit.call(task)?,
+            }
+        }
+        if let Some(t) = &self.task {
+            visit.call(&t.coro)?;
+            visit.call(&t.context)?;
+            if let Some(n) = &t.name {
+                visit.call(n)?;
+            }
+            if let Some(w) = &t.fut_waiter {
+                visit.call(w)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.result = None;
+        self.exception = None;
+        self.exception_tb = None;
+        self.cancel_message = None;
+        self.cancelled_exc = None;
+        self.source_traceback = None;
+        self.callbacks.clear();
+        if let Some(t) = self.task.as_deref_mut() {
+            t.fut_waiter = None;
+            t.name = None;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Python API of Task
+// ---------------------------------------------------------------------------
+
+#[pymethods]
+impl Task {
+    #[new]
+    #[pyo3(signature = (coro, *, r#loop=None, name=None, context=None))]
+    fn py_new(
+        py: Python<'_>,
+        coro: &Bound<'_, PyAny>,
+        r#loop: Option<Bound<'_, PyAny>>,
+        name: Option<Bound<'_, PyAny>>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let state = new_task_state(py, coro, r#loop.as_ref(), name.as_ref(), context.as_ref())?;
+        Ok(PyClassInitializer::from(state).add_subclass(Task))
+    }
+
+    #[pyo3(signature = (coro, *, r#loop=None, name=None, context=None))]
+    fn __init__(
+        slf: &Bound<'_, Self>,
+        coro: &Bound<'_, PyAny>,
+        r#loop: Option<Bound<'_, PyAny>>,
+        name: Option<Bound<'_, PyAny>>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let _ = (coro, r#loop, name, context);
+        start_task(slf)
+    }
+
+    #[pyo3(signature = (msg=None))]
+    fn cancel(slf: &Bound<'_, Self>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
+        task_cancel(slf.as_super(), msg)
+    }
+
+    fn cancelling(slf: &Bound<'_, Self>) -> i64 {
+        slf.as_super().borrow().task().num_cancels_requested
+    }
+
+    fn uncancel(slf: &Bound<'_, Self>) -> i64 {
+        let mut f = slf.as_super().borrow_mut();
+        let t = f.task_mut();
+        if t.num_cancels_requested > 0 {
+            t.num_cancels_requested -= 1;
+        }
+        t.num_cancels_requested
+    }
+
+    fn set_result(&self, _result: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(runtime("Task does not support set_result operation"))
+    }
+
+    fn set_exception(&self, _exception: &Bound<'_, PyAny>) -> PyResult<()> {
+        Err(runtime("Task does not support set_exception operation"))
+    }
+
+    fn get_coro(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        slf.as_super().borrow().task().coro.clone_ref(slf.py())
+    }
+
+    fn get_context(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        slf.as_super().borrow().task().context.clone_ref(slf.py())
+    }
+
+    fn get_name(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let mut f = slf.as_super().borrow_mut();
+        let t = f.task_mut();
+        if t.name.is_none() {
+            t.name = Some(PyString::new(py, &format!("Task-{}", t.seq)).into_any().unbind());
+        }
+        Ok(t.name.as_ref().map(|n| n.clone_ref(py)).expect("set above"))
+    }
+
+    fn set_name(slf: &Bound<'_, Self>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let s = value.str()?.into_any().unbind();
+        let old = slf.as_super().borrow_mut().task_mut().name.replace(s);
+        drop(old);
+        Ok(())
+    }
+
+    #[pyo3(signature = (*, limit=None))]
+    fn get_stack(slf: &Bound<'_, Self>, limit: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        Ok(imports(py)?.task_get_stack.bind(py).call1((slf, limit))?.unbind())
+    }
+
+    #[pyo3(signature = (*, limit=None, file=None))]
+    fn print_stack(slf: &Bound<'_, Self>, limit: Option<Py<PyAny>>, file: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        Ok(imports(py)?.task_print_stack.bind(py).call1((slf, limit, file))?.unbind())
+    }
+
+    #[getter]
+    fn _coro(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        Task::get_coro(slf)
+    }
+
+    #[getter]
+    fn _context(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        Task::get_context(slf)
+    }
+
+    #[getter]
+    fn get__name(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Task::get_name(slf)
+    }
+
+    #[getter]
+    fn get__fut_waiter(slf: &Bound<'_, Self>) -> Py<PyAny> {
+        opt_clone(slf.py(), &slf.as_super().borrow().task().fut_waiter)
+    }
+
+    #[setter]
+    fn set__fut_waiter(slf: &Bound<'_, Self>, v: Option<Py<PyAny>>) {
+        let py = slf.py();
+        let old = std::mem::replace(&mut slf.as_super().borrow_mut().task_mut().fut_waiter, v.filter(|x| !x.is_none(py)));
+        drop(old);
+    }
+
+    #[getter]
+    fn get__must_cancel(slf: &Bound<'_, Self>) -> bool {
+        slf.as_super().borrow().task().must_cancel
+    }
+
+    #[setter]
+    fn set__must_cancel(slf: &Bound<'_, Self>, v: bool) {
+        slf.as_super().borrow_mut().task_mut().must_cancel = v;
+    }
+
+    #[getter]
+    fn get__log_destroy_pending(slf: &Bound<'_, Self>) -> bool {
+        slf.as_super().borrow().task().log_destroy_pending
+    }
+
+    #[setter]
+    fn set__log_destroy_pending(slf: &Bound<'_, Self>, v: bool) {
+        slf.as_super().borrow_mut().task_mut().log_destroy_pending = v;
+    }
+
+    #[getter]
+    fn get__num_cancels_requested(slf: &Bound<'_, Self>) -> i64 {
+        slf.as_super().borrow().task().num_cancels_requested
+    }
+
+    #[setter]
+    fn set__num_cancels_requested(slf: &Bound<'_, Self>, v: i64) {
+        slf.as_super().borrow_mut().task_mut().num_cancels_requested = v;
+    }
+
+    /// asyncio's private `Task.__step`, as the C Task exposes it.
+    #[pyo3(signature = (exc=None))]
+    fn _Task__step(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
+        let ctx = Task::get_context(slf);
+        in_context(ctx.bind(py), || task_step(slf.as_super(), exc.filter(|e| !e.is_none())))
+    }
+
+    fn _Task__wakeup(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        task_wakeup(slf.as_super(), fut)
+    }
+}
+
+/// Messages for the "never retrieved" / "destroyed but pending" logs.
+pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
+    let py = obj.py();
+    let (is_task, pending_log, exc_log, lp, tb, exc) = {
+        let Ok(f) = obj.try_borrow() else { return Ok(()) };
+        let pending_log = f.state == State::Pending && f.task.as_ref().is_some_and(|t| t.log_destroy_pending && t.started);
+        (
+            f.task.is_some(),
+            pending_log,
+            f.log_traceback,
+            f.lp.clone_ref(py),
+            f.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+            f.exception.as_ref().map(|e| e.clone_ref(py)),
+        )
+    };
+    let lp = lp.bind(py);
+    if pending_log {
+        let ctx = pyo3::types::PyDict::new(py);
+        ctx.set_item("task", obj)?;
+        ctx.set_item("message", "Task was destroyed but it is pending!")?;
+        if let Some(tb) = &tb {
+            if tb.bind(py).is_truthy()? {
+                ctx.set_item("source_traceback", tb)?;
+            }
+        }
+        lp.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+    }
+    if exc_log {
+        let ctx = pyo3::types::PyDict::new(py);
+        let name = if is_task { "Task" } else { "Future" };
+        let cls_name: String = obj.getattr(intern!(py, "__class__")).and_then(|c| c.getattr(intern!(py, "__name__"))).and_then(|n| n.extract()).unwrap_or_else(|_| name.to_string());
+        ctx.set_item("message", format!("{cls_name} exception was never retrieved"))?;
+        ctx.set_item("exception", exc)?;
+        ctx.set_item(if is_task { "future" } else { "future" }, obj)?;
+        if let Some(tb) = &tb {
+            if tb.bind(py).is_truthy()? {
+                ctx.set_item("source_traceback", tb)?;
+            }
+        }
+        lp.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,359 @@
+//! `Handle` and `TimerHandle`: what `call_soon`/`call_later` return.
+//!
+//! Both are frozen pyclasses (no PyO3 borrow flag): the flags are atomics and
+//! the callback lives behind a mutex, so the timer heap can ask "cancelled?"
+//! without the GIL and another thread may `cancel()` safely.
+//! They report asyncio's classes through `__class__`, so
+//! `isinstance(h, asyncio.TimerHandle)` holds, and their reprs are asyncio's
+//! (asyncio's own `_repr_info` runs on them).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::{intern, PyTypeInfo};
+
+use crate::event_loop::Loop;
+use crate::util::{imports, in_context, is_exit_exception};
+
+pub(crate) struct HandleInner {
+    pub callback: Option<Py<PyAny>>,
+    pub args: Option<Py<PyTuple>>,
+    pub repr: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "asyncio.events", name = "Handle", subclass, frozen, weakref)]
+pub struct Handle {
+    pub(crate) inner: Mutex<HandleInner>,
+    pub(crate) context: Py<PyAny>,
+    pub(crate) lp: Py<PyAny>,
+    pub(crate) cancelled: AtomicBool,
+    pub(crate) source_traceback: Option<Py<PyAny>>,
+}
+
+impl Handle {
+    pub(crate) fn new(
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        lp: Py<PyAny>,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Handle {
+            inner: Mutex::new(HandleInner { callback: Some(callback), args: Some(args), repr: None }),
+            context,
+            lp,
+            cancelled: AtomicBool::new(false),
+            source_traceback,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    /// Runs the callback in its context; reports failures like asyncio's
+    /// `Handle._run` (exit exceptions propagate).
+    pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let h = slf.get();
+        let (cb, args) = {
+            let inner = h.inner.lock();
+            match (&inner.callback, &inner.args) {
+                (Some(cb), Some(args)) => (cb.clone_ref(py), args.clone_ref(py)),
+                _ => return Ok(()),
+            }
+        };
+        let ctx = h.context.bind(py);
+        let res = in_context(ctx, || cb.bind(py).call1(args.bind(py)).map(|_| ()));
+        if let Err(err) = res {
+            if is_exit_exception(py, &err) {
+                return Err(err);
+            }
+            report_callback_error(py, h.lp.bind(py), cb.bind(py), args.bind(py).as_any(), err, Some(slf.as_any()), h.source_traceback.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn do_cancel(&self, py: Python<'_>, slf: &Bound<'_, PyAny>) -> PyResult<()> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let debug = loop_debug(self.lp.bind(py))?;
+        let saved_repr = if debug { Some(slf.repr()?.into_any().unbind()) } else { None };
+        self.cancelled.store(true, Ordering::Relaxed);
+        let (cb, args) = {
+            let mut inner = self.inner.lock();
+            inner.repr = saved_repr;
+            (inner.callback.take(), inner.args.take())
+        };
+        drop((cb, args)); // dropped outside the lock: may run arbitrary __del__
+        Ok(())
+    }
+}
+
+/// `loop.get_debug()`, without a Python call for ferroloop's own loop.
+pub(crate) fn loop_debug(lp: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if let Ok(l) = lp.cast::<Loop>() {
+        return Ok(l.borrow().debug);
+    }
+    lp.call_method0(intern!(lp.py(), "get_debug"))?.is_truthy()
+}
+
+/// Sends a callback's exception to the loop's exception handler with
+/// asyncio's message: `Exception in callback <formatted callback>`.
+pub(crate) fn report_callback_error(
+    py: Python<'_>,
+    lp: &Bound<'_, PyAny>,
+    cb: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyAny>,
+    err: PyErr,
+    handle: Option<&Bound<'_, PyAny>>,
+    source_traceback: Option<&Py<PyAny>>,
+) -> PyResult<()> {
+    let formatted = imports(py)?.format_callback_source.bind(py).call1((cb, args))?;
+    let context = PyDict::new(py);
+    context.set_item("message", format!("Exception in callback {}", formatted.str()?))?;
+    context.set_item("exception", err.into_value(py))?;
+    if let Some(h) = handle {
+        context.set_item("handle", h)?;
+    }
+    if let Some(tb) = source_traceback {
+        if tb.bind(py).is_truthy()? {
+            context.set_item("source_traceback", tb)?;
+        }
+    }
+    lp.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+    Ok(())
+}
+
+#[pymethods]
+impl Handle {
+    #[new]
+    #[pyo3(signature = (callback, args, loop_, context=None))]
+    fn py_new(py: Python<'_>, callback: Py<PyAny>, args: Py<PyAny>, loop_: Py<PyAny>, context: Option<Py<PyAny>>) -> PyResult<Self> {
+        let args = args.bind(py).cast::<PyTuple>().map_err(|_| PyTypeError::new_err("args must be a tuple"))?.clone().unbind();
+        let context = match context {
+            Some(c) => c,
+            None => crate::util::copy_context(py)?.unbind(),
+        };
+        let tb = if loop_debug(loop_.bind(py))? { Some(crate::util::extract_stack(py)?) } else { None };
+        Ok(Handle::new(callback, args, loop_, context, tb))
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        slf.get().do_cancel(slf.py(), slf.as_any())
+    }
+
+    fn cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::run(slf)
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.lock().callback.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.inner.lock().args.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _cancelled(&self) -> bool {
+        self.is_cancelled()
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
+        self.lp.clone_ref(py)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Py<PyAny> {
+        self.context.clone_ref(py)
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn _repr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.inner.lock().repr.as_ref().map(|r| r.clone_ref(py))
+    }
+
+    #[getter]
+    fn __class__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let ty = slf.get_type();
+        if ty.is(Handle::type_object(py)) {
+            Ok(imports(py)?.aio_handle.clone_ref(py))
+        } else if ty.is(TimerHandle::type_object(py)) {
+            Ok(imports(py)?.aio_timer_handle.clone_ref(py))
+        } else {
+            Ok(ty.into_any().unbind())
+        }
+    }
+
+    fn _repr_info<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        imports(py)?.handle_repr_info.bind(py).call1((slf,))
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let py = slf.py();
+        if let Some(r) = slf.get().inner.lock().repr.as_ref() {
+            return r.bind(py).extract();
+        }
+        let info = slf.call_method0(intern!(py, "_repr_info"))?;
+        let sep = pyo3::types::PyString::new(py, " ");
+        Ok(format!("<{}>", sep.call_method1(intern!(py, "join"), (info,))?))
+    }
+
+    fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        if let Some(inner) = self.inner.try_lock() {
+            if let Some(c) = &inner.callback {
+                visit.call(c)?;
+            }
+            if let Some(a) = &inner.args {
+                visit.call(a)?;
+            }
+        }
+        visit.call(&self.context)?;
+        visit.call(&self.lp)?;
+        Ok(())
+    }
+}
+
+/// A `Handle` scheduled at a deadline (`when()`).
+#[pyclass(module = "asyncio.events", name = "TimerHandle", extends = Handle, subclass, frozen)]
+pub struct TimerHandle {
+    pub(crate) when: f64,
+    pub(crate) scheduled: AtomicBool,
+}
+
+#[pymethods]
+impl TimerHandle {
+    #[new]
+    #[pyo3(signature = (when, callback, args, loop_, context=None))]
+    fn py_new(
+        py: Python<'_>,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Py<PyAny>,
+        loop_: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<PyClassInitializer<Self>> {
+        let base = Handle::py_new(py, callback, args, loop_, context)?;
+        Ok(PyClassInitializer::from(base).add_subclass(TimerHandle { when, scheduled: AtomicBool::new(false) }))
+    }
+
+    fn when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _when(&self) -> f64 {
+        self.when
+    }
+
+    #[getter]
+    fn _scheduled(&self) -> bool {
+        self.scheduled.load(Ordering::Relaxed)
+    }
+
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let base = slf.as_super().get();
+        if !base.is_cancelled() {
+            let lp = base.lp.bind(py);
+            if let Ok(l) = lp.cast::<Loop>() {
+                if slf.get().scheduled.load(Ordering::Relaxed) {
+                    l.borrow_mut().timers.note_cancelled();
+                }
+            } else {
+                lp.call_method1(intern!(py, "_timer_handle_cancelled"), (slf,))?;
+            }
+        }
+        base.do_cancel(py, slf.as_any())
+    }
+
+    fn _repr_info<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        imports(py)?.timer_repr_info.bind(py).call1((slf,))
+    }
+
+    fn __hash__(&self) -> isize {
+        // hash(float) as Python computes it, so equal `when` hash equal.
+        Python::attach(|py| self.when.into_pyobject(py).ok().and_then(|f| f.hash().ok()).unwrap_or(0))
+    }
+
+    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: pyo3::basic::CompareOp) -> PyResult<Py<PyAny>> {
+        use pyo3::basic::CompareOp::*;
+        let py = slf.py();
+        let Ok(o) = other.cast::<TimerHandle>() else {
+            return Ok(py.NotImplemented());
+        };
+        let (a, b) = (slf.get().when, o.get().when);
+        let eq = || -> PyResult<bool> {
+            if a != b {
+                return Ok(false);
+            }
+            let (ha, hb) = (slf.as_super().get(), o.as_super().get());
+            if ha.is_cancelled() != hb.is_cancelled() {
+                return Ok(false);
+            }
+            let (ia, ib) = (ha.inner.lock(), hb.inner.lock());
+            let cb_eq = match (&ia.callback, &ib.callback) {
+                (Some(x), Some(y)) => x.bind(py).eq(y.bind(py))?,
+                (None, None) => true,
+                _ => false,
+            };
+            let args_eq = match (&ia.args, &ib.args) {
+                (Some(x), Some(y)) => x.bind(py).eq(y.bind(py))?,
+                (None, None) => true,
+                _ => false,
+            };
+            Ok(cb_eq && args_eq)
+        };
+        let r = match op {
+            Lt => a < b,
+            Gt => a > b,
+            Le => a < b || eq()?,
+            Ge => a > b || eq()?,
+            Eq => eq()?,
+            Ne => !eq()?,
+        };
+        Ok(pyo3::types::PyBool::new(py, r).to_owned().into_any().unbind())
+    }
+}
+
+/// A timer in the loop's heap: the same object seen as its base `Handle`
+/// (for the cancelled flag) and as `TimerHandle` (for the scheduled flag),
+/// both frozen, so the heap reads them without a borrow.
+pub(crate) struct TimerEntry {
+    pub base: Py<Handle>,
+    pub timer: Py<TimerHandle>,
+}
+
+impl ferroloop_core::Cancellable for TimerEntry {
+    fn is_cancelled(&self) -> bool {
+        self.base.get().is_cancelled()
+    }
+    fn unscheduled(&self) {
+        self.timer.get().scheduled.store(false, Ordering::Relaxed);
+    }
+}

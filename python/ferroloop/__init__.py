@@ -1,0 +1,186 @@
+"""ferroloop: asyncio's event loop, Futures and Tasks, implemented in Rust.
+
+Three ways to use it::
+
+    ferroloop.run(main())                      # like asyncio.run
+    ferroloop.install(); asyncio.run(main())   # policy for the whole program
+    python -m ferroloop script.py              # an unmodified script
+
+The hot paths (ready queue, timers, Handles, Future, Task) are native; this
+module adds the parts of the event-loop API that are bookkeeping rather than
+scheduling (exception handler, executors, async-generator hooks,
+``run_until_complete``), reusing asyncio's own implementations of them where
+they only read public loop state, so behaviour and messages stay asyncio's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import weakref
+from asyncio import base_events as _base_events
+from asyncio import coroutines as _coroutines
+from asyncio import events as _events
+from typing import Any, Callable, Coroutine, TypeVar
+
+from ._ferroloop import Future, Handle, Task, TimerHandle, _Loop, __version__
+
+__all__ = [
+    "Loop",
+    "Future",
+    "Task",
+    "Handle",
+    "TimerHandle",
+    "EventLoopPolicy",
+    "new_event_loop",
+    "install",
+    "run",
+    "__version__",
+]
+
+_T = TypeVar("_T")
+_Base = _base_events.BaseEventLoop
+
+
+class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
+    """An asyncio event loop whose core, Futures and Tasks are native.
+
+    ``native_tasks=False`` makes ``create_future``/``create_task`` use
+    asyncio's own Future and Task classes (for comparison, or as a fallback).
+    """
+
+    def __init__(self, *, native_tasks: bool = True) -> None:
+        self._native_tasks = native_tasks
+        self._thread_id: int | None = None
+        self._exception_handler: Callable[..., Any] | None = None
+        self._default_executor: Any = None
+        self._executor_shutdown_called = False
+        self._asyncgens: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._current_handle: Any = None
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth: int | None = None
+        self.set_debug(_coroutines._is_debug_mode())
+
+    # -- state asyncio's helpers read ----------------------------------------
+    @property
+    def _debug(self) -> bool:
+        return self.get_debug()
+
+    @property
+    def _closed(self) -> bool:
+        return self.is_closed()
+
+    def __repr__(self) -> str:
+        return (
+            f"<{self.__class__.__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()}>"
+        )
+
+    def __del__(self, _warn: Any = __import__("warnings").warn) -> None:
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- running ---------------------------------------------------------------
+    def run_forever(self) -> None:
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        try:
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            _events._set_running_loop(self)
+            self._run()
+        finally:
+            self._thread_id = None
+            _events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    run_until_complete = _Base.run_until_complete
+    _check_running = _Base._check_running
+
+    def close(self) -> None:
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            _base_events.logger.debug("Close %r", self)
+        self._close()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    # -- debug -------------------------------------------------------------------
+    def set_debug(self, enabled: bool) -> None:
+        self._set_debug_flag(bool(enabled))
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    _set_coroutine_origin_tracking = _Base._set_coroutine_origin_tracking
+    _check_callback = _Base._check_callback
+    _check_thread = _Base._check_thread
+
+    def _log_slow_callback(self, handle: Any, duration: float) -> None:
+        _base_events.logger.warning(
+            "Executing %s took %.3f seconds", _base_events._format_handle(handle), duration
+        )
+
+    # -- errors ------------------------------------------------------------------
+    get_exception_handler = _Base.get_exception_handler
+    set_exception_handler = _Base.set_exception_handler
+    default_exception_handler = _Base.default_exception_handler
+    call_exception_handler = _Base.call_exception_handler
+
+    # -- executors ---------------------------------------------------------------
+    run_in_executor = _Base.run_in_executor
+    set_default_executor = _Base.set_default_executor
+    _check_default_executor = _Base._check_default_executor
+    shutdown_default_executor = _Base.shutdown_default_executor
+    _do_shutdown = _Base._do_shutdown
+
+    # -- async generators --------------------------------------------------------
+    _asyncgen_firstiter_hook = _Base._asyncgen_firstiter_hook
+    _asyncgen_finalizer_hook = _Base._asyncgen_finalizer_hook
+    shutdown_asyncgens = _Base.shutdown_asyncgens
+
+
+def new_event_loop(*, native_tasks: bool = True) -> Loop:
+    """Returns a new ferroloop event loop."""
+    return Loop(native_tasks=native_tasks)
+
+
+class EventLoopPolicy(_events.BaseDefaultEventLoopPolicy):
+    """asyncio's default policy, creating ferroloop loops.
+
+    As with the standard policy (and unlike uvloop's), ``get_event_loop()``
+    called in the main thread with no loop set creates and sets one.
+    """
+
+    _loop_factory = Loop
+
+    def __repr__(self) -> str:
+        return f"<{self.__class__.__name__}>"
+
+
+def install() -> None:
+    """Makes ferroloop the event loop of every ``asyncio.run``/``new_event_loop``."""
+    asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T:
+    """Like ``asyncio.run(main)``, on a new ferroloop loop."""
+    if _events._get_running_loop() is not None:
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
+    with asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+        return runner.run(main)
