@@ -4,7 +4,10 @@
 
 /// Seconds on the monotonic clock, as a float (what `loop.time()` returns).
 pub fn monotonic() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always
     // supported on the platforms we build for, so the call cannot fail.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
@@ -13,7 +16,10 @@ pub fn monotonic() -> f64 {
 
 /// Resolution of [`monotonic`] in seconds (asyncio's `_clock_resolution`).
 pub fn resolution() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: as above; clock_getres only writes into `ts`.
     let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC, &mut ts) };
     if rc != 0 {

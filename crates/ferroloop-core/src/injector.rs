@@ -25,7 +25,11 @@ pub struct Injector<T> {
 
 impl<T> Injector<T> {
     pub fn new(waker: Arc<Waker>) -> Self {
-        Self { items: Mutex::new(Vec::new()), notified: AtomicBool::new(false), waker }
+        Self {
+            items: Mutex::new(Vec::new()),
+            notified: AtomicBool::new(false),
+            waker,
+        }
     }
 
     /// Queues `item` and wakes the loop if it may be sleeping.

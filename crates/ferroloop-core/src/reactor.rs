@@ -51,7 +51,12 @@ impl Reactor {
     pub fn new() -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
-        Ok(Self { poll, events: Events::with_capacity(1024), waker, sources: 0 })
+        Ok(Self {
+            poll,
+            events: Events::with_capacity(1024),
+            waker,
+            sources: 0,
+        })
     }
 
     /// A handle other threads use to interrupt [`Reactor::poll`].
@@ -66,17 +71,33 @@ impl Reactor {
     }
 
     /// Watches `fd` for the given readiness under `token`.
-    pub fn register(&mut self, fd: RawFd, token: usize, readable: bool, writable: bool) -> io::Result<()> {
+    pub fn register(
+        &mut self,
+        fd: RawFd,
+        token: usize,
+        readable: bool,
+        writable: bool,
+    ) -> io::Result<()> {
         let interest = interest(readable, writable)?;
-        self.poll.registry().register(&mut SourceFd(&fd), Token(token), interest)?;
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), Token(token), interest)?;
         self.sources += 1;
         Ok(())
     }
 
     /// Changes what `fd` is watched for.
-    pub fn reregister(&mut self, fd: RawFd, token: usize, readable: bool, writable: bool) -> io::Result<()> {
+    pub fn reregister(
+        &mut self,
+        fd: RawFd,
+        token: usize,
+        readable: bool,
+        writable: bool,
+    ) -> io::Result<()> {
         let interest = interest(readable, writable)?;
-        self.poll.registry().reregister(&mut SourceFd(&fd), Token(token), interest)
+        self.poll
+            .registry()
+            .reregister(&mut SourceFd(&fd), Token(token), interest)
     }
 
     /// Stops watching `fd`.
@@ -87,7 +108,11 @@ impl Reactor {
     }
 
     /// Waits for readiness; I/O events are passed to `on_event`.
-    pub fn poll(&mut self, timeout: Option<Duration>, mut on_event: impl FnMut(IoEvent)) -> io::Result<Polled> {
+    pub fn poll(
+        &mut self,
+        timeout: Option<Duration>,
+        mut on_event: impl FnMut(IoEvent),
+    ) -> io::Result<Polled> {
         let mut polled = Polled::default();
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -133,7 +158,9 @@ mod tests {
     fn times_out_without_events() {
         let mut r = Reactor::new().unwrap();
         let t0 = Instant::now();
-        let p = r.poll(Some(Duration::from_millis(20)), |_| panic!("no event")).unwrap();
+        let p = r
+            .poll(Some(Duration::from_millis(20)), |_| panic!("no event"))
+            .unwrap();
         assert!(!p.woken);
         assert!(t0.elapsed() >= Duration::from_millis(15));
     }
@@ -160,7 +187,8 @@ mod tests {
         assert_eq!(r.source_count(), 1);
         b.write_all(b"x").unwrap();
         let mut seen = vec![];
-        r.poll(Some(Duration::from_secs(1)), |e| seen.push(e)).unwrap();
+        r.poll(Some(Duration::from_secs(1)), |e| seen.push(e))
+            .unwrap();
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].token, 7);
         assert!(seen[0].readable);

@@ -21,7 +21,9 @@ impl<T> Default for ReadyQueue<T> {
 
 impl<T> ReadyQueue<T> {
     pub fn new() -> Self {
-        Self { queue: VecDeque::with_capacity(64) }
+        Self {
+            queue: VecDeque::with_capacity(64),
+        }
     }
 
     /// Appends a callback; it runs after every callback already queued.

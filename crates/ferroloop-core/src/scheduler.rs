@@ -37,14 +37,18 @@ impl Cancellable for Timer {
 }
 
 /// Computes the poll timeout of one iteration (asyncio's rule).
-pub fn poll_timeout(ready_or_stopping: bool, next_deadline: Option<f64>, now: f64) -> Option<Duration> {
+pub fn poll_timeout(
+    ready_or_stopping: bool,
+    next_deadline: Option<f64>,
+    now: f64,
+) -> Option<Duration> {
     if ready_or_stopping {
         return Some(Duration::ZERO);
     }
     next_deadline.map(|when| {
         let secs = (when - now).clamp(0.0, MAXIMUM_POLL_TIMEOUT);
-        // NaN (a NaN deadline) clamps to NaN: treat it as "no timer due".
-        Duration::from_secs_f64(if secs.is_nan() { MAXIMUM_POLL_TIMEOUT } else { secs })
+        // A NaN deadline is due now (asyncio: max(0, nan) == 0).
+        Duration::from_secs_f64(if secs.is_nan() { 0.0 } else { secs })
     })
 }
 
@@ -80,9 +84,19 @@ impl Scheduler {
         self.ready.push(Box::new(cb));
     }
 
-    pub fn call_at(&mut self, when: f64, cb: impl FnOnce(&mut Scheduler) + Send + 'static) -> TimerHandle {
+    pub fn call_at(
+        &mut self,
+        when: f64,
+        cb: impl FnOnce(&mut Scheduler) + Send + 'static,
+    ) -> TimerHandle {
         let cancelled = Rc::new(Cell::new(false));
-        self.timers.push(when, Timer { cancelled: Rc::clone(&cancelled), callback: Box::new(cb) });
+        self.timers.push(
+            when,
+            Timer {
+                cancelled: Rc::clone(&cancelled),
+                callback: Box::new(cb),
+            },
+        );
         TimerHandle(cancelled)
     }
 
@@ -99,8 +113,14 @@ impl Scheduler {
     /// One iteration; see the crate docs for the exact steps.
     pub fn run_once(&mut self) -> io::Result<()> {
         self.timers.purge_cancelled(drop);
-        let timeout = poll_timeout(!self.ready.is_empty() || self.stopping, self.timers.next_deadline(), self.time());
-        let skip_poll = timeout == Some(Duration::ZERO) && self.reactor.source_count() == 0 && !self.injector.is_notified();
+        let timeout = poll_timeout(
+            !self.ready.is_empty() || self.stopping,
+            self.timers.next_deadline(),
+            self.time(),
+        );
+        let skip_poll = timeout == Some(Duration::ZERO)
+            && self.reactor.source_count() == 0
+            && !self.injector.is_notified();
         if !skip_poll {
             self.reactor.poll(timeout, |_| {})?;
         }
@@ -204,6 +224,9 @@ mod tests {
         assert_eq!(poll_timeout(true, Some(5.0), 0.0), Some(Duration::ZERO));
         assert_eq!(poll_timeout(false, None, 0.0), None);
         assert_eq!(poll_timeout(false, Some(-1.0), 0.0), Some(Duration::ZERO));
-        assert_eq!(poll_timeout(false, Some(1e12), 0.0), Some(Duration::from_secs_f64(MAXIMUM_POLL_TIMEOUT)));
+        assert_eq!(
+            poll_timeout(false, Some(1e12), 0.0),
+            Some(Duration::from_secs_f64(MAXIMUM_POLL_TIMEOUT))
+        );
     }
 }

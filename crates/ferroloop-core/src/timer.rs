@@ -8,8 +8,10 @@
 //!   [`TimerHeap::MIN_TO_COMPACT`] entries are cancelled the heap is rebuilt
 //!   without them (asyncio's exact policy), so memory stays bounded when a
 //!   program schedules and cancels many timeouts.
-//! - Deadlines compare with `f64::total_cmp`: the order is total, `Ord`
-//!   agrees with `Eq`, and a NaN deadline sorts after every number.
+//! - Deadlines compare with `f64::total_cmp` after mapping NaN to -inf: the
+//!   order is total, `Ord` agrees with `Eq`, and a NaN deadline is due at
+//!   once (as with asyncio, where `nan >= end_time` is false, so a NaN timer
+//!   at the head of its heapq runs in the next iteration).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -28,6 +30,15 @@ struct Entry<T> {
     item: T,
 }
 
+/// Sort key of a deadline: NaN counts as "already due".
+fn key(when: f64) -> f64 {
+    if when.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        when
+    }
+}
+
 impl<T> PartialEq for Entry<T> {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
@@ -42,7 +53,9 @@ impl<T> PartialOrd for Entry<T> {
 impl<T> Ord for Entry<T> {
     fn cmp(&self, other: &Self) -> Ordering {
         // Reversed: BinaryHeap is a max-heap and we want the earliest first.
-        other.when.total_cmp(&self.when).then_with(|| other.seq.cmp(&self.seq))
+        key(other.when)
+            .total_cmp(&key(self.when))
+            .then_with(|| other.seq.cmp(&self.seq))
     }
 }
 
@@ -64,7 +77,11 @@ impl<T: Cancellable> TimerHeap<T> {
     pub const MIN_TO_COMPACT: usize = 100;
 
     pub fn new() -> Self {
-        Self { heap: BinaryHeap::new(), next_seq: 0, cancelled: 0 }
+        Self {
+            heap: BinaryHeap::new(),
+            next_seq: 0,
+            cancelled: 0,
+        }
     }
 
     /// Schedules `item` at `when` (seconds on the loop clock).
@@ -135,9 +152,8 @@ impl<T: Cancellable> TimerHeap<T> {
     /// them), exactly as asyncio moves them to its ready deque.
     pub fn pop_due(&mut self, end_time: f64, mut sink: impl FnMut(T)) {
         while let Some(top) = self.heap.peek() {
-            // `!(when < end)` rather than `when >= end` so a NaN deadline
-            // never becomes due (it stays last, as with asyncio's heapq).
-            if !(top.when < end_time) {
+            // Written as asyncio's `when >= end_time` test, so NaN is due.
+            if top.when >= end_time {
                 break;
             }
             let e = self.heap.pop().expect("peeked");
@@ -152,7 +168,11 @@ impl<T: Cancellable> TimerHeap<T> {
     /// Removes every entry (used by `close()`).
     pub fn clear(&mut self) -> Vec<T> {
         self.cancelled = 0;
-        std::mem::take(&mut self.heap).into_vec().into_iter().map(|e| e.item).collect()
+        std::mem::take(&mut self.heap)
+            .into_vec()
+            .into_iter()
+            .map(|e| e.item)
+            .collect()
     }
 
     /// Iterates over the items in no particular order.
@@ -204,11 +224,12 @@ mod tests {
     }
 
     #[test]
-    fn nan_sorts_last_and_never_fires() {
+    fn nan_is_due_at_once() {
         let mut h = TimerHeap::new();
-        h.push(f64::NAN, t(1));
         h.push(5.0, t(2));
-        assert_eq!(due(&mut h, f64::INFINITY), vec![2]);
+        h.push(f64::NAN, t(1));
+        assert!(h.next_deadline().unwrap().is_nan());
+        assert_eq!(due(&mut h, 0.0), vec![1]);
         assert_eq!(h.len(), 1);
     }
 

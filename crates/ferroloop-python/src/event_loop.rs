@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use ferroloop_core::{clock, scheduler::poll_timeout, Injector, Reactor, ReadyQueue, TimerHeap};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
-use pyo3::intern;
 
 use crate::future::{self, Future, TaskStepMethWrapper, TaskWakeup};
 use crate::handle::{report_callback_error, Handle, TimerEntry, TimerHandle};
@@ -30,9 +30,16 @@ pub enum Ready {
     /// A `Handle` from `call_soon` / a due timer.
     Handle(Py<Handle>),
     /// A future's done callback `func(fut)` in `ctx`.
-    FutCallback { func: Py<PyAny>, fut: Py<PyAny>, ctx: Py<PyAny> },
+    FutCallback {
+        func: Py<PyAny>,
+        fut: Py<PyAny>,
+        ctx: Py<PyAny>,
+    },
     /// `task.__step(exc)` in the task's context.
-    Step { task: Py<Future>, exc: Option<Py<PyAny>> },
+    Step {
+        task: Py<Future>,
+        exc: Option<Py<PyAny>>,
+    },
     /// `task.__wakeup(fut)` in the task's context.
     Wakeup { task: Py<Future>, fut: Py<PyAny> },
 }
@@ -60,7 +67,9 @@ pub struct Loop {
 impl Loop {
     /// Queues `item` (the loop's `call_soon` for internal work).
     pub(crate) fn push_ready(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<()> {
-        let mut s = slf.try_borrow_mut().map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let mut s = slf
+            .try_borrow_mut()
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
         if s.closed {
             return Err(closed_error());
         }
@@ -80,17 +89,29 @@ impl Loop {
         let py = slf.py();
         let lp = slf.clone().into_any().unbind();
         let debug = slf.borrow().debug;
-        let tb = if debug { Some(extract_stack(py)?) } else { None };
+        let tb = if debug {
+            Some(extract_stack(py)?)
+        } else {
+            None
+        };
         let (cb, args, ctx): (Py<PyAny>, Py<PyTuple>, Py<PyAny>) = match item {
             Ready::Handle(h) => return Ok(h),
             Ready::FutCallback { func, fut, ctx } => (func, PyTuple::new(py, [fut])?.unbind(), ctx),
             Ready::Step { task, exc } => {
                 let ctx = task_context(py, &task);
-                (Py::new(py, TaskStepMethWrapper { task, exc })?.into_any(), PyTuple::empty(py).unbind(), ctx)
+                (
+                    Py::new(py, TaskStepMethWrapper { task, exc })?.into_any(),
+                    PyTuple::empty(py).unbind(),
+                    ctx,
+                )
             }
             Ready::Wakeup { task, fut } => {
                 let ctx = task_context(py, &task);
-                (Py::new(py, TaskWakeup { task })?.into_any(), PyTuple::new(py, [fut])?.unbind(), ctx)
+                (
+                    Py::new(py, TaskWakeup { task })?.into_any(),
+                    PyTuple::new(py, [fut])?.unbind(),
+                    ctx,
+                )
             }
         };
         Py::new(py, Handle::new(cb, args, lp, ctx, tb))
@@ -112,7 +133,14 @@ impl Loop {
             let mut s = slf.borrow_mut();
             s.timers.purge_cancelled(|e| purged.push(e));
             let busy = !s.ready.is_empty() || s.stopping;
-            let timeout = poll_timeout(busy, s.timers.next_deadline(), clock::monotonic());
+            let deadline = s.timers.next_deadline();
+            // Read the clock only when the timeout depends on it.
+            let now = if busy || deadline.is_none() {
+                0.0
+            } else {
+                clock::monotonic()
+            };
+            let timeout = poll_timeout(busy, deadline, now);
             let idle_poll = timeout == Some(Duration::ZERO)
                 && s.reactor.as_ref().is_some_and(|r| r.source_count() == 0)
                 && !s.injector.is_notified();
@@ -123,7 +151,8 @@ impl Loop {
             let polled = if timeout == Some(Duration::ZERO) {
                 reactor.poll(timeout, |_| {})
             } else {
-                py.check_signals().inspect_err(|_| slf.borrow_mut().reactor = None)?;
+                py.check_signals()
+                    .inspect_err(|_| slf.borrow_mut().reactor = None)?;
                 py.detach(|| reactor.poll(timeout, |_| {}))
             };
             slf.borrow_mut().reactor = Some(reactor);
@@ -138,9 +167,11 @@ impl Loop {
             for item in s.injector.drain() {
                 s.ready.push(item);
             }
-            let end = clock::monotonic() + s.resolution;
-            let ready = &mut s.ready;
-            s.timers.pop_due(end, |e| ready.push(Ready::Handle(e.base)));
+            if !s.timers.is_empty() {
+                let end = clock::monotonic() + s.resolution;
+                let ready = &mut s.ready;
+                s.timers.pop_due(end, |e| ready.push(Ready::Handle(e.base)));
+            }
             s.ready.begin_batch()
         };
         for _ in 0..ntodo {
@@ -176,27 +207,56 @@ impl Loop {
                     Err(e) if is_exit_exception(py, &e) => Err(e),
                     Err(e) => {
                         let args = PyTuple::new(py, [&fut])?;
-                        let h = Py::new(py, Handle::new(func.clone().unbind(), args.clone().unbind(), lp.clone().unbind(), ctx, None))?;
-                        report_callback_error(py, lp, &func, args.as_any(), e, Some(h.bind(py).as_any()), None)
+                        let h = Py::new(
+                            py,
+                            Handle::new(
+                                func.clone().unbind(),
+                                args.clone().unbind(),
+                                lp.clone().unbind(),
+                                ctx,
+                                None,
+                            ),
+                        )?;
+                        report_callback_error(
+                            py,
+                            lp,
+                            &func,
+                            args.as_any(),
+                            e,
+                            Some(h.bind(py).as_any()),
+                            None,
+                        )
                     }
                 }
             }
             Ready::Step { task, exc } => {
                 let t = task.bind(py);
                 let ctx = task_context(py, &task);
-                let r = in_context(ctx.bind(py), || future::task_step(t, exc.as_ref().map(|e| e.bind(py).clone())));
-                Loop::report_item_error(slf, r, || Ready::Step { task: task.clone_ref(py), exc })
+                let r = in_context(ctx.bind(py), || {
+                    future::task_step(t, exc.as_ref().map(|e| e.bind(py).clone()))
+                });
+                Loop::report_item_error(slf, r, || Ready::Step {
+                    task: task.clone_ref(py),
+                    exc,
+                })
             }
             Ready::Wakeup { task, fut } => {
                 let t = task.bind(py);
                 let ctx = task_context(py, &task);
                 let r = in_context(ctx.bind(py), || future::task_wakeup(t, fut.bind(py)));
-                Loop::report_item_error(slf, r, || Ready::Wakeup { task: task.clone_ref(py), fut })
+                Loop::report_item_error(slf, r, || Ready::Wakeup {
+                    task: task.clone_ref(py),
+                    fut,
+                })
             }
         }
     }
 
-    fn report_item_error(slf: &Bound<'_, Loop>, r: PyResult<()>, rebuild: impl FnOnce() -> Ready) -> PyResult<()> {
+    fn report_item_error(
+        slf: &Bound<'_, Loop>,
+        r: PyResult<()>,
+        rebuild: impl FnOnce() -> Ready,
+    ) -> PyResult<()> {
         let py = slf.py();
         match r {
             Ok(()) => Ok(()),
@@ -205,10 +265,15 @@ impl Loop {
                 let h = Loop::item_to_handle(slf, rebuild())?.into_bound(py);
                 let (cb, args) = {
                     let inner = h.get().inner.lock();
-                    (inner.callback.as_ref().map(|c| c.clone_ref(py)), inner.args.as_ref().map(|a| a.clone_ref(py)))
+                    (
+                        inner.callback.as_ref().map(|c| c.clone_ref(py)),
+                        inner.args.as_ref().map(|a| a.clone_ref(py)),
+                    )
                 };
                 let cb = cb.unwrap_or_else(|| py.None()).into_bound(py);
-                let args = args.map(|a| a.into_bound(py).into_any()).unwrap_or_else(|| PyTuple::empty(py).into_any());
+                let args = args
+                    .map(|a| a.into_bound(py).into_any())
+                    .unwrap_or_else(|| PyTuple::empty(py).into_any());
                 report_callback_error(py, slf.as_any(), &cb, &args, e, Some(h.as_any()), None)
             }
         }
@@ -255,8 +320,18 @@ impl Loop {
             Some(c) if !c.is_none() => c,
             _ => copy_context(py)?,
         };
-        let tb = if debug { Some(extract_stack(py)?) } else { None };
-        Ok(Handle::new(callback.clone().unbind(), args.clone().unbind(), slf.clone().into_any().unbind(), ctx.unbind(), tb))
+        let tb = if debug {
+            Some(extract_stack(py)?)
+        } else {
+            None
+        };
+        Ok(Handle::new(
+            callback.clone().unbind(),
+            args.clone().unbind(),
+            slf.clone().into_any().unbind(),
+            ctx.unbind(),
+            tb,
+        ))
     }
 }
 
@@ -308,8 +383,13 @@ impl Loop {
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
-        let h = Py::new(slf.py(), Loop::make_handle(slf, callback, args, context, "call_soon")?)?;
-        slf.borrow_mut().ready.push(Ready::Handle(h.clone_ref(slf.py())));
+        let h = Py::new(
+            slf.py(),
+            Loop::make_handle(slf, callback, args, context, "call_soon")?,
+        )?;
+        slf.borrow_mut()
+            .ready
+            .push(Ready::Handle(h.clone_ref(slf.py())));
         Ok(h)
     }
 
@@ -327,7 +407,10 @@ impl Loop {
             s.debug
         };
         if debug {
-            slf.call_method1(intern!(py, "_check_callback"), (callback, "call_soon_threadsafe"))?;
+            slf.call_method1(
+                intern!(py, "_check_callback"),
+                (callback, "call_soon_threadsafe"),
+            )?;
         } else if !callback.is_callable() {
             return Err(PyTypeError::new_err(format!(
                 "a callable object was expected by call_soon_threadsafe(), got {}",
@@ -338,10 +421,25 @@ impl Loop {
             Some(c) if !c.is_none() => c,
             _ => copy_context(py)?,
         };
-        let tb = if debug { Some(extract_stack(py)?) } else { None };
-        let h = Py::new(py, Handle::new(callback.clone().unbind(), args.clone().unbind(), slf.clone().into_any().unbind(), ctx.unbind(), tb))?;
+        let tb = if debug {
+            Some(extract_stack(py)?)
+        } else {
+            None
+        };
+        let h = Py::new(
+            py,
+            Handle::new(
+                callback.clone().unbind(),
+                args.clone().unbind(),
+                slf.clone().into_any().unbind(),
+                ctx.unbind(),
+                tb,
+            ),
+        )?;
         let injector = Arc::clone(&slf.borrow().injector);
-        injector.push(Ready::Handle(h.clone_ref(py))).map_err(|e| PyOSError::new_err(e.to_string()))?;
+        injector
+            .push(Ready::Handle(h.clone_ref(py)))
+            .map_err(|e| PyOSError::new_err(e.to_string()))?;
         Ok(h)
     }
 
@@ -357,7 +455,14 @@ impl Loop {
             return Err(PyTypeError::new_err("delay must not be None"));
         }
         let delay: f64 = delay.extract()?;
-        Loop::schedule_timer(slf, clock::monotonic() + delay, callback, args, context, "call_later")
+        Loop::schedule_timer(
+            slf,
+            clock::monotonic() + delay,
+            callback,
+            args,
+            context,
+            "call_later",
+        )
     }
 
     #[pyo3(signature = (when, callback, *args, context=None))]
@@ -374,9 +479,6 @@ impl Loop {
         let when: f64 = when.extract()?;
         Loop::schedule_timer(slf, when, callback, args, context, "call_at")
     }
-
-    #[staticmethod]
-    fn _unused() {}
 
     fn _timer_handle_cancelled(&mut self, _handle: &Bound<'_, PyAny>) {
         self.timers.note_cancelled();
@@ -442,7 +544,11 @@ impl Loop {
         } else {
             let kwargs = PyDict::new(py);
             kwargs.set_item(intern!(py, "loop"), slf)?;
-            Ok(imports(py)?.aio_future.bind(py).call((), Some(&kwargs))?.unbind())
+            Ok(imports(py)?
+                .aio_future
+                .bind(py)
+                .call((), Some(&kwargs))?
+                .unbind())
         }
     }
 
@@ -457,7 +563,10 @@ impl Loop {
         let (factory, native) = {
             let s = slf.borrow();
             s.check_closed()?;
-            (s.task_factory.as_ref().map(|f| f.clone_ref(py)), s.native_tasks)
+            (
+                s.task_factory.as_ref().map(|f| f.clone_ref(py)),
+                s.native_tasks,
+            )
         };
         let context = context.filter(|c| !c.is_none());
         let name = name.filter(|n| !n.is_none());
@@ -481,20 +590,30 @@ impl Loop {
             return Ok(task.unbind());
         }
         if native {
-            return Ok(future::create_task(slf.as_any(), coro, name.as_ref(), context.as_ref())?.into_any().unbind());
+            return Ok(
+                future::create_task(slf.as_any(), coro, name.as_ref(), context.as_ref())?
+                    .into_any()
+                    .unbind(),
+            );
         }
         let kwargs = PyDict::new(py);
         kwargs.set_item(intern!(py, "loop"), slf)?;
         kwargs.set_item(intern!(py, "name"), name)?;
         kwargs.set_item(intern!(py, "context"), context)?;
-        Ok(imports(py)?.aio_task.bind(py).call((coro,), Some(&kwargs))?.unbind())
+        Ok(imports(py)?
+            .aio_task
+            .bind(py)
+            .call((coro,), Some(&kwargs))?
+            .unbind())
     }
 
     fn set_task_factory(&mut self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
             if !f.is_callable() {
-                return Err(PyTypeError::new_err("task factory must be a callable or None"));
+                return Err(PyTypeError::new_err(
+                    "task factory must be a callable or None",
+                ));
             }
         }
         self.task_factory = factory.map(|f| f.unbind());
@@ -512,7 +631,9 @@ impl Loop {
             let mut s = slf.borrow_mut();
             s.check_closed()?;
             if s.running {
-                return Err(PyRuntimeError::new_err("This event loop is already running"));
+                return Err(PyRuntimeError::new_err(
+                    "This event loop is already running",
+                ));
             }
             s.running = true;
         }
@@ -562,7 +683,9 @@ impl Loop {
     }
 
     fn _write_to_self(&self) -> PyResult<()> {
-        self.injector.wake().map_err(|e| PyOSError::new_err(e.to_string()))
+        self.injector
+            .wake()
+            .map_err(|e| PyOSError::new_err(e.to_string()))
     }
 }
 
@@ -577,8 +700,17 @@ impl Loop {
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
         let base = Loop::make_handle(slf, callback, args, context, method)?;
-        let th = Bound::new(py, PyClassInitializer::from(base).add_subclass(TimerHandle { when, scheduled: std::sync::atomic::AtomicBool::new(true) }))?;
-        let entry = TimerEntry { base: th.as_super().clone().unbind(), timer: th.clone().unbind() };
+        let th = Bound::new(
+            py,
+            PyClassInitializer::from(base).add_subclass(TimerHandle {
+                when,
+                scheduled: std::sync::atomic::AtomicBool::new(true),
+            }),
+        )?;
+        let entry = TimerEntry {
+            base: th.as_super().clone().unbind(),
+            timer: th.clone().unbind(),
+        };
         slf.borrow_mut().timers.push(when, entry);
         Ok(th.unbind())
     }

@@ -74,7 +74,15 @@ fn patch(tp: *mut ffi::PyTypeObject, store: &OnceLock<Dealloc>, replacement: Dea
 }
 
 pub fn install(py: Python<'_>) -> PyResult<()> {
-    patch(Future::type_object(py).as_type_ptr(), &FUTURE_DEALLOC, future_dealloc);
-    patch(Task::type_object(py).as_type_ptr(), &TASK_DEALLOC, task_dealloc);
+    patch(
+        Future::type_object(py).as_type_ptr(),
+        &FUTURE_DEALLOC,
+        future_dealloc,
+    );
+    patch(
+        Task::type_object(py).as_type_ptr(),
+        &TASK_DEALLOC,
+        task_dealloc,
+    );
     Ok(())
 }

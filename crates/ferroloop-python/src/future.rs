@@ -28,7 +28,10 @@ use pyo3::{ffi, intern, PyTraverseError, PyTypeInfo, PyVisit};
 
 use crate::event_loop::{Loop, Ready};
 use crate::handle::loop_debug;
-use crate::util::{copy_context, extract_stack, foreign_call_soon, imports, in_context, invalid_state, is_exit_exception};
+use crate::util::{
+    copy_context, extract_stack, foreign_call_soon, imports, in_context, invalid_state,
+    is_exit_exception,
+};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum State {
@@ -97,13 +100,23 @@ fn runtime(msg: impl Into<String>) -> PyErr {
 }
 
 fn repr_of(obj: &Bound<'_, PyAny>) -> String {
-    obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<?>".into())
+    obj.repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<?>".into())
 }
 
 impl Future {
-    pub(crate) fn new_pending(py: Python<'_>, lp: &Bound<'_, PyAny>, with_traceback: bool) -> PyResult<Self> {
+    pub(crate) fn new_pending(
+        py: Python<'_>,
+        lp: &Bound<'_, PyAny>,
+        with_traceback: bool,
+    ) -> PyResult<Self> {
         let native_loop = lp.is_instance_of::<Loop>();
-        let source_traceback = if with_traceback { Some(extract_stack(py)?) } else { None };
+        let source_traceback = if with_traceback {
+            Some(extract_stack(py)?)
+        } else {
+            None
+        };
         Ok(Future {
             state: State::Pending,
             result: None,
@@ -148,7 +161,11 @@ fn schedule_callbacks(fut: &Bound<'_, Future>) -> PyResult<()> {
         if f.callbacks.is_empty() {
             return Ok(());
         }
-        (std::mem::take(&mut f.callbacks), f.lp.clone_ref(fut.py()), f.native_loop)
+        (
+            std::mem::take(&mut f.callbacks),
+            f.lp.clone_ref(fut.py()),
+            f.native_loop,
+        )
     };
     let lp = lp.into_bound(fut.py());
     for cb in callbacks {
@@ -158,18 +175,35 @@ fn schedule_callbacks(fut: &Bound<'_, Future>) -> PyResult<()> {
 }
 
 /// Schedules one done callback of `fut` on `lp`.
-fn schedule_one(lp: &Bound<'_, PyAny>, native: bool, fut: &Bound<'_, Future>, cb: DoneCallback) -> PyResult<()> {
+fn schedule_one(
+    lp: &Bound<'_, PyAny>,
+    native: bool,
+    fut: &Bound<'_, Future>,
+    cb: DoneCallback,
+) -> PyResult<()> {
     let py = lp.py();
     if native {
         let l = lp.cast::<Loop>()?;
         let item = match cb {
-            DoneCallback::Py { func, ctx } => Ready::FutCallback { func, fut: fut.clone().into_any().unbind(), ctx },
-            DoneCallback::Wakeup { task } => Ready::Wakeup { task, fut: fut.clone().into_any().unbind() },
+            DoneCallback::Py { func, ctx } => Ready::FutCallback {
+                func,
+                fut: fut.clone().into_any().unbind(),
+                ctx,
+            },
+            DoneCallback::Wakeup { task } => Ready::Wakeup {
+                task,
+                fut: fut.clone().into_any().unbind(),
+            },
         };
         return Loop::push_ready(l, item);
     }
     match cb {
-        DoneCallback::Py { func, ctx } => foreign_call_soon(lp, func.into_bound(py), Some(fut.clone().into_any()), ctx.bind(py)),
+        DoneCallback::Py { func, ctx } => foreign_call_soon(
+            lp,
+            func.into_bound(py),
+            Some(fut.clone().into_any()),
+            ctx.bind(py),
+        ),
         DoneCallback::Wakeup { task } => {
             let ctx = task.borrow(py).task().context.clone_ref(py);
             let w = Bound::new(py, TaskWakeup { task })?;
@@ -190,7 +224,10 @@ pub(crate) fn fut_set_result(fut: &Bound<'_, Future>, value: Py<PyAny>) -> PyRes
         if f.state != State::Pending {
             let state = f.state.name();
             drop(f);
-            return Err(invalid_state(py, format!("{}: {}", state, repr_of(fut.as_any()))));
+            return Err(invalid_state(
+                py,
+                format!("{}: {}", state, repr_of(fut.as_any())),
+            ));
         }
         f.result = Some(value);
         f.state = State::Finished;
@@ -198,20 +235,28 @@ pub(crate) fn fut_set_result(fut: &Bound<'_, Future>, value: Py<PyAny>) -> PyRes
     schedule_callbacks(fut)
 }
 
-pub(crate) fn fut_set_exception(fut: &Bound<'_, Future>, exception: &Bound<'_, PyAny>) -> PyResult<()> {
+pub(crate) fn fut_set_exception(
+    fut: &Bound<'_, Future>,
+    exception: &Bound<'_, PyAny>,
+) -> PyResult<()> {
     let py = fut.py();
     {
         let f = fut.borrow();
         if f.state != State::Pending {
             let state = f.state.name();
             drop(f);
-            return Err(invalid_state(py, format!("{}: {}", state, repr_of(fut.as_any()))));
+            return Err(invalid_state(
+                py,
+                format!("{}: {}", state, repr_of(fut.as_any())),
+            ));
         }
     }
     let exc = if let Ok(ty) = exception.cast::<PyType>() {
         let inst = ty.call0()?;
         if !inst.is_instance_of::<pyo3::exceptions::PyBaseException>() {
-            return Err(PyTypeError::new_err("exception must be a BaseException subclass or instance"));
+            return Err(PyTypeError::new_err(
+                "exception must be a BaseException subclass or instance",
+            ));
         }
         inst
     } else {
@@ -229,7 +274,11 @@ pub(crate) fn fut_set_exception(fut: &Bound<'_, Future>, exception: &Bound<'_, P
     {
         let mut f = fut.borrow_mut();
         f.exception = Some(exc.unbind());
-        f.exception_tb = if tb.is_none() { None } else { Some(tb.unbind()) };
+        f.exception_tb = if tb.is_none() {
+            None
+        } else {
+            Some(tb.unbind())
+        };
         f.state = State::Finished;
         f.log_traceback = true;
     }
@@ -257,7 +306,10 @@ pub(crate) fn make_cancelled_error<'py>(fut: &Bound<'py, Future>) -> PyResult<Bo
     let py = fut.py();
     let (saved, msg) = {
         let mut f = fut.borrow_mut();
-        (f.cancelled_exc.take(), f.cancel_message.as_ref().map(|m| m.clone_ref(py)))
+        (
+            f.cancelled_exc.take(),
+            f.cancel_message.as_ref().map(|m| m.clone_ref(py)),
+        )
     };
     if let Some(exc) = saved {
         return Ok(exc.into_bound(py));
@@ -288,7 +340,9 @@ pub(crate) fn fut_result(fut: &Bound<'_, Future>) -> PyResult<Py<PyAny>> {
             };
             if let Some(exc) = exc {
                 let exc = exc.into_bound(py);
-                let tb = tb.map(|t| t.into_bound(py)).unwrap_or_else(|| py.None().into_bound(py));
+                let tb = tb
+                    .map(|t| t.into_bound(py))
+                    .unwrap_or_else(|| py.None().into_bound(py));
                 let exc = exc.call_method1(intern!(py, "with_traceback"), (tb,))?;
                 return Err(PyErr::from_value(exc));
             }
@@ -319,7 +373,11 @@ fn is_coroutine(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     if unsafe { ffi::PyCoro_CheckExact(obj.as_ptr()) } != 0 {
         return Ok(true);
     }
-    imports(obj.py())?.iscoroutine.bind(obj.py()).call1((obj,))?.is_truthy()
+    imports(obj.py())?
+        .iscoroutine
+        .bind(obj.py())
+        .call1((obj,))?
+        .is_truthy()
 }
 
 /// Builds the state of a new task (nothing scheduled yet).
@@ -335,7 +393,10 @@ fn new_task_state<'py>(
         _ => imports(py)?.get_event_loop.bind(py).call0()?,
     };
     if !is_coroutine(coro)? {
-        return Err(PyTypeError::new_err(format!("a coroutine was expected, got {}", repr_of(coro))));
+        return Err(PyTypeError::new_err(format!(
+            "a coroutine was expected, got {}",
+            repr_of(coro)
+        )));
     }
     let debug = loop_debug(&lp)?;
     let mut fut = Future::new_pending(py, &lp, debug)?;
@@ -398,13 +459,29 @@ pub(crate) fn schedule_step(task: &Bound<'_, Future>, exc: Option<Py<PyAny>>) ->
     let py = task.py();
     let (lp, native, ctx) = {
         let f = task.borrow();
-        (f.lp.clone_ref(py), f.native_loop, f.task().context.clone_ref(py))
+        (
+            f.lp.clone_ref(py),
+            f.native_loop,
+            f.task().context.clone_ref(py),
+        )
     };
     let lp = lp.into_bound(py);
     if native {
-        return Loop::push_ready(lp.cast::<Loop>()?, Ready::Step { task: task.clone().unbind(), exc });
+        return Loop::push_ready(
+            lp.cast::<Loop>()?,
+            Ready::Step {
+                task: task.clone().unbind(),
+                exc,
+            },
+        );
     }
-    let step = Bound::new(py, TaskStepMethWrapper { task: task.clone().unbind(), exc })?;
+    let step = Bound::new(
+        py,
+        TaskStepMethWrapper {
+            task: task.clone().unbind(),
+            exc,
+        },
+    )?;
     foreign_call_soon(&lp, step.into_any(), None, ctx.bind(py))
 }
 
@@ -419,7 +496,10 @@ fn send_into<'py>(coro: &Bound<'py, PyAny>, exc: Option<Bound<'py, PyAny>>) -> O
     match exc {
         None => {
             // SAFETY: type checks only read the object's type.
-            let fast = unsafe { ffi::PyCoro_CheckExact(coro.as_ptr()) != 0 || ffi::PyGen_CheckExact(coro.as_ptr()) != 0 };
+            let fast = unsafe {
+                ffi::PyCoro_CheckExact(coro.as_ptr()) != 0
+                    || ffi::PyGen_CheckExact(coro.as_ptr()) != 0
+            };
             if fast {
                 let mut out: *mut ffi::PyObject = std::ptr::null_mut();
                 // SAFETY: coro is a live coroutine/generator; Py_None is a valid
@@ -427,8 +507,12 @@ fn send_into<'py>(coro: &Bound<'py, PyAny>, exc: Option<Bound<'py, PyAny>>) -> O
                 let rc = unsafe { ffi::PyIter_Send(coro.as_ptr(), ffi::Py_None(), &mut out) };
                 return match rc {
                     // SAFETY: on PYGEN_NEXT/PYGEN_RETURN `out` is a new, non-NULL reference.
-                    ffi::PySendResult::PYGEN_NEXT => Outcome::Yielded(unsafe { Bound::from_owned_ptr(py, out) }),
-                    ffi::PySendResult::PYGEN_RETURN => Outcome::Returned(unsafe { Bound::from_owned_ptr(py, out) }),
+                    ffi::PySendResult::PYGEN_NEXT => {
+                        Outcome::Yielded(unsafe { Bound::from_owned_ptr(py, out) })
+                    }
+                    ffi::PySendResult::PYGEN_RETURN => {
+                        Outcome::Returned(unsafe { Bound::from_owned_ptr(py, out) })
+                    }
                     ffi::PySendResult::PYGEN_ERROR => Outcome::Raised(PyErr::fetch(py)),
                 };
             }
@@ -442,7 +526,10 @@ fn classify<'py>(py: Python<'py>, r: PyResult<Bound<'py, PyAny>>) -> Outcome<'py
     match r {
         Ok(v) => Outcome::Yielded(v),
         Err(e) if e.is_instance_of::<PyStopIteration>(py) => {
-            let value = e.value(py).getattr(intern!(py, "value")).unwrap_or_else(|_| py.None().into_bound(py));
+            let value = e
+                .value(py)
+                .getattr(intern!(py, "value"))
+                .unwrap_or_else(|_| py.None().into_bound(py));
             Outcome::Returned(value)
         }
         Err(e) => Outcome::Raised(e),
@@ -458,7 +545,14 @@ pub(crate) fn task_step(task: &Bound<'_, Future>, exc: Option<Bound<'_, PyAny>>)
     };
     if done {
         let exc_repr = exc.as_ref().map(repr_of).unwrap_or_else(|| "None".into());
-        return Err(invalid_state(py, format!("_step(): already done: {}, {}", repr_of(task.as_any()), exc_repr)));
+        return Err(invalid_state(
+            py,
+            format!(
+                "_step(): already done: {}, {}",
+                repr_of(task.as_any()),
+                exc_repr
+            ),
+        ));
     }
     let mut exc = exc;
     if must_cancel {
@@ -492,7 +586,11 @@ pub(crate) fn task_step(task: &Bound<'_, Future>, exc: Option<Bound<'_, PyAny>>)
     Ok(())
 }
 
-fn handle_outcome<'py>(task: &Bound<'py, Future>, lp: &Bound<'py, PyAny>, outcome: Outcome<'py>) -> PyResult<()> {
+fn handle_outcome<'py>(
+    task: &Bound<'py, Future>,
+    lp: &Bound<'py, PyAny>,
+    outcome: Outcome<'py>,
+) -> PyResult<()> {
     let py = task.py();
     match outcome {
         Outcome::Returned(value) => {
@@ -531,7 +629,11 @@ fn step_with_error(task: &Bound<'_, Future>, msg: String) -> PyResult<()> {
     schedule_step(task, Some(err))
 }
 
-fn handle_yield<'py>(task: &Bound<'py, Future>, lp: &Bound<'py, PyAny>, result: Bound<'py, PyAny>) -> PyResult<()> {
+fn handle_yield<'py>(
+    task: &Bound<'py, Future>,
+    lp: &Bound<'py, PyAny>,
+    result: Bound<'py, PyAny>,
+) -> PyResult<()> {
     let py = task.py();
     if let Ok(fut) = result.cast::<Future>() {
         // Native future (or task): no attribute lookups, no bound method.
@@ -542,21 +644,41 @@ fn handle_yield<'py>(task: &Bound<'py, Future>, lp: &Bound<'py, PyAny>, result: 
         if !same_loop {
             return step_with_error(
                 task,
-                format!("Task {} got Future {} attached to a different loop", repr_of(task.as_any()), repr_of(&result)),
+                format!(
+                    "Task {} got Future {} attached to a different loop",
+                    repr_of(task.as_any()),
+                    repr_of(&result)
+                ),
             );
         }
         if !blocking {
             return step_with_error(
                 task,
-                format!("yield was used instead of yield from in task {} with {}", repr_of(task.as_any()), repr_of(&result)),
+                format!(
+                    "yield was used instead of yield from in task {} with {}",
+                    repr_of(task.as_any()),
+                    repr_of(&result)
+                ),
             );
         }
         if fut.is(task) {
-            return step_with_error(task, format!("Task cannot await on itself: {}", repr_of(task.as_any())));
+            return step_with_error(
+                task,
+                format!("Task cannot await on itself: {}", repr_of(task.as_any())),
+            );
         }
         fut.borrow_mut().blocking = false;
-        fut_add_callback(fut, DoneCallback::Wakeup { task: task.clone().unbind() })?;
+        fut_add_callback(
+            fut,
+            DoneCallback::Wakeup {
+                task: task.clone().unbind(),
+            },
+        )?;
         return after_wait(task, result);
+    }
+    if result.is_none() {
+        // Bare `yield` (asyncio.sleep(0)): run the next step soon.
+        return schedule_step(task, None);
     }
     let blocking = result.getattr_opt(intern!(py, "_asyncio_future_blocking"))?;
     match blocking {
@@ -568,21 +690,37 @@ fn handle_yield<'py>(task: &Bound<'py, Future>, lp: &Bound<'py, PyAny>, result: 
             if !fut_loop.is(lp) {
                 return step_with_error(
                     task,
-                    format!("Task {} got Future {} attached to a different loop", repr_of(task.as_any()), repr_of(&result)),
+                    format!(
+                        "Task {} got Future {} attached to a different loop",
+                        repr_of(task.as_any()),
+                        repr_of(&result)
+                    ),
                 );
             }
             if !b.is_truthy()? {
                 return step_with_error(
                     task,
-                    format!("yield was used instead of yield from in task {} with {}", repr_of(task.as_any()), repr_of(&result)),
+                    format!(
+                        "yield was used instead of yield from in task {} with {}",
+                        repr_of(task.as_any()),
+                        repr_of(&result)
+                    ),
                 );
             }
             if result.is(task) {
-                return step_with_error(task, format!("Task cannot await on itself: {}", repr_of(task.as_any())));
+                return step_with_error(
+                    task,
+                    format!("Task cannot await on itself: {}", repr_of(task.as_any())),
+                );
             }
             result.setattr(intern!(py, "_asyncio_future_blocking"), false)?;
             let ctx = task.borrow().task().context.clone_ref(py);
-            let wakeup = Bound::new(py, TaskWakeup { task: task.clone().unbind() })?;
+            let wakeup = Bound::new(
+                py,
+                TaskWakeup {
+                    task: task.clone().unbind(),
+                },
+            )?;
             let kwargs = pyo3::types::PyDict::new(py);
             kwargs.set_item(intern!(py, "context"), ctx)?;
             result.call_method(intern!(py, "add_done_callback"), (wakeup,), Some(&kwargs))?;
@@ -591,7 +729,12 @@ fn handle_yield<'py>(task: &Bound<'py, Future>, lp: &Bound<'py, PyAny>, result: 
         _ => {
             if result.is_none() {
                 schedule_step(task, None)
-            } else if imports(py)?.isgenerator.bind(py).call1((&result,))?.is_truthy()? {
+            } else if imports(py)?
+                .isgenerator
+                .bind(py)
+                .call1((&result,))?
+                .is_truthy()?
+            {
                 step_with_error(
                     task,
                     format!(
@@ -640,7 +783,8 @@ fn cancel_other(fut: &Bound<'_, PyAny>, msg: Option<Py<PyAny>>) -> PyResult<bool
     }
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item(intern!(py, "msg"), msg)?;
-    fut.call_method(intern!(py, "cancel"), (), Some(&kwargs))?.is_truthy()
+    fut.call_method(intern!(py, "cancel"), (), Some(&kwargs))?
+        .is_truthy()
 }
 
 /// asyncio's `Task.__wakeup(fut)`.
@@ -698,7 +842,10 @@ pub struct TaskStepMethWrapper {
 #[pymethods]
 impl TaskStepMethWrapper {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        task_step(self.task.bind(py), self.exc.as_ref().map(|e| e.bind(py).clone()))
+        task_step(
+            self.task.bind(py),
+            self.exc.as_ref().map(|e| e.bind(py).clone()),
+        )
     }
 
     #[getter]
@@ -801,7 +948,13 @@ impl FutureIter {
     }
 
     #[pyo3(signature = (typ, val=None, tb=None))]
-    fn throw(&mut self, py: Python<'_>, typ: &Bound<'_, PyAny>, val: Option<&Bound<'_, PyAny>>, tb: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn throw(
+        &mut self,
+        py: Python<'_>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         self.fut = None;
         let exc = if let Ok(t) = typ.cast::<PyType>() {
             match val {
@@ -813,7 +966,9 @@ impl FutureIter {
             typ.clone()
         };
         if !exc.is_instance_of::<pyo3::exceptions::PyBaseException>() {
-            return Err(PyTypeError::new_err("exceptions must derive from BaseException"));
+            return Err(PyTypeError::new_err(
+                "exceptions must derive from BaseException",
+            ));
         }
         if let Some(tb) = tb {
             if !tb.is_none() {
@@ -844,7 +999,9 @@ impl FutureIter {
 // ---------------------------------------------------------------------------
 
 fn opt_clone(py: Python<'_>, v: &Option<Py<PyAny>>) -> Py<PyAny> {
-    v.as_ref().map(|x| x.clone_ref(py)).unwrap_or_else(|| py.None())
+    v.as_ref()
+        .map(|x| x.clone_ref(py))
+        .unwrap_or_else(|| py.None())
 }
 
 #[pymethods]
@@ -868,7 +1025,11 @@ impl Future {
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         let py = cls.py();
-        Ok(imports(py)?.generic_alias.bind(py).call1((cls, item))?.unbind())
+        Ok(imports(py)?
+            .generic_alias
+            .bind(py)
+            .call1((cls, item))?
+            .unbind())
     }
 
     #[getter]
@@ -887,14 +1048,22 @@ impl Future {
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let imp = imports(py)?;
-        let f = if slf.borrow().task.is_some() { &imp.task_repr } else { &imp.future_repr };
+        let f = if slf.borrow().task.is_some() {
+            &imp.task_repr
+        } else {
+            &imp.future_repr
+        };
         Ok(f.bind(py).call1((slf,))?.unbind())
     }
 
     fn _repr_info(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let imp = imports(py)?;
-        let f = if slf.borrow().task.is_some() { &imp.task_repr_info } else { &imp.future_repr_info };
+        let f = if slf.borrow().task.is_some() {
+            &imp.task_repr_info
+        } else {
+            &imp.future_repr_info
+        };
         Ok(f.bind(py).call1((slf,))?.unbind())
     }
 
@@ -938,7 +1107,11 @@ impl Future {
     }
 
     #[pyo3(signature = (r#fn, *, context=None))]
-    fn add_done_callback(slf: &Bound<'_, Self>, r#fn: Py<PyAny>, context: Option<Py<PyAny>>) -> PyResult<()> {
+    fn add_done_callback(
+        slf: &Bound<'_, Self>,
+        r#fn: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
         let py = slf.py();
         let ctx = match context {
             Some(c) if !c.is_none(py) => c,
@@ -990,11 +1163,15 @@ impl Future {
     }
 
     fn __await__(slf: &Bound<'_, Self>) -> FutureIter {
-        FutureIter { fut: Some(slf.clone().unbind()) }
+        FutureIter {
+            fut: Some(slf.clone().unbind()),
+        }
     }
 
     fn __iter__(slf: &Bound<'_, Self>) -> FutureIter {
-        FutureIter { fut: Some(slf.clone().unbind()) }
+        FutureIter {
+            fut: Some(slf.clone().unbind()),
+        }
     }
 
     fn _make_cancelled_error(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -1009,7 +1186,9 @@ impl Future {
     #[setter]
     fn set__asyncio_future_blocking(&mut self, value: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         match value {
-            None => Err(pyo3::exceptions::PyAttributeError::new_err("cannot delete attribute")),
+            None => Err(pyo3::exceptions::PyAttributeError::new_err(
+                "cannot delete attribute",
+            )),
             Some(v) => {
                 self.blocking = v.is_truthy()?;
                 Ok(())
@@ -1042,10 +1221,21 @@ impl Future {
         let list = PyList::empty(py);
         for cb in &self.callbacks {
             let item = match cb {
-                DoneCallback::Py { func, ctx } => PyTuple::new(py, [func.clone_ref(py), ctx.clone_ref(py)])?,
+                DoneCallback::Py { func, ctx } => {
+                    PyTuple::new(py, [func.clone_ref(py), ctx.clone_ref(py)])?
+                }
                 DoneCallback::Wakeup { task } => {
-                    let ctx = task.try_borrow(py).map(|t| t.task().context.clone_ref(py)).unwrap_or_else(|_| py.None());
-                    let w = Py::new(py, TaskWakeup { task: task.clone_ref(py) })?.into_any();
+                    let ctx = task
+                        .try_borrow(py)
+                        .map(|t| t.task().context.clone_ref(py))
+                        .unwrap_or_else(|_| py.None());
+                    let w = Py::new(
+                        py,
+                        TaskWakeup {
+                            task: task.clone_ref(py),
+                        },
+                    )?
+                    .into_any();
                     PyTuple::new(py, [w, ctx])?
                 }
             };
@@ -1073,7 +1263,9 @@ impl Future {
     fn set__log_traceback(&mut self, v: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
         if let Some(v) = v {
             if v.is_truthy()? {
-                return Err(PyValueError::new_err("_log_traceback can only be set to False"));
+                return Err(PyValueError::new_err(
+                    "_log_traceback can only be set to False",
+                ));
             }
         }
         self.log_traceback = false;
@@ -1102,7 +1294,17 @@ impl Future {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.lp)?;
-        for v in [&self.result, &self.exception, &self.exception_tb, &self.cancel_message, &self.cancelled_exc, &self.source_traceback].into_iter().flatten() {
+        for v in [
+            &self.result,
+            &self.exception,
+            &self.exception_tb,
+            &self.cancel_message,
+            &self.cancelled_exc,
+            &self.source_traceback,
+        ]
+        .into_iter()
+        .flatten()
+        {
             visit.call(v)?;
         }
         for cb in &self.callbacks {
@@ -1212,7 +1414,11 @@ impl Task {
         let mut f = slf.as_super().borrow_mut();
         let t = f.task_mut();
         if t.name.is_none() {
-            t.name = Some(PyString::new(py, &format!("Task-{}", t.seq)).into_any().unbind());
+            t.name = Some(
+                PyString::new(py, &format!("Task-{}", t.seq))
+                    .into_any()
+                    .unbind(),
+            );
         }
         Ok(t.name.as_ref().map(|n| n.clone_ref(py)).expect("set above"))
     }
@@ -1227,13 +1433,25 @@ impl Task {
     #[pyo3(signature = (*, limit=None))]
     fn get_stack(slf: &Bound<'_, Self>, limit: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        Ok(imports(py)?.task_get_stack.bind(py).call1((slf, limit))?.unbind())
+        Ok(imports(py)?
+            .task_get_stack
+            .bind(py)
+            .call1((slf, limit))?
+            .unbind())
     }
 
     #[pyo3(signature = (*, limit=None, file=None))]
-    fn print_stack(slf: &Bound<'_, Self>, limit: Option<Py<PyAny>>, file: Option<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+    fn print_stack(
+        slf: &Bound<'_, Self>,
+        limit: Option<Py<PyAny>>,
+        file: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
-        Ok(imports(py)?.task_print_stack.bind(py).call1((slf, limit, file))?.unbind())
+        Ok(imports(py)?
+            .task_print_stack
+            .bind(py)
+            .call1((slf, limit, file))?
+            .unbind())
     }
 
     #[getter]
@@ -1259,7 +1477,10 @@ impl Task {
     #[setter]
     fn set__fut_waiter(slf: &Bound<'_, Self>, v: Option<Py<PyAny>>) {
         let py = slf.py();
-        let old = std::mem::replace(&mut slf.as_super().borrow_mut().task_mut().fut_waiter, v.filter(|x| !x.is_none(py)));
+        let old = std::mem::replace(
+            &mut slf.as_super().borrow_mut().task_mut().fut_waiter,
+            v.filter(|x| !x.is_none(py)),
+        );
         drop(old);
     }
 
@@ -1298,7 +1519,9 @@ impl Task {
     fn _Task__step(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
         let ctx = Task::get_context(slf);
-        in_context(ctx.bind(py), || task_step(slf.as_super(), exc.filter(|e| !e.is_none())))
+        in_context(ctx.bind(py), || {
+            task_step(slf.as_super(), exc.filter(|e| !e.is_none()))
+        })
     }
 
     fn _Task__wakeup(slf: &Bound<'_, Self>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
@@ -1310,8 +1533,13 @@ impl Task {
 pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
     let py = obj.py();
     let (is_task, pending_log, exc_log, lp, tb, exc) = {
-        let Ok(f) = obj.try_borrow() else { return Ok(()) };
-        let pending_log = f.state == State::Pending && f.task.as_ref().is_some_and(|t| t.log_destroy_pending && t.started);
+        let Ok(f) = obj.try_borrow() else {
+            return Ok(());
+        };
+        let pending_log = f.state == State::Pending
+            && f.task
+                .as_ref()
+                .is_some_and(|t| t.log_destroy_pending && t.started);
         (
             f.task.is_some(),
             pending_log,
@@ -1336,8 +1564,15 @@ pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
     if exc_log {
         let ctx = pyo3::types::PyDict::new(py);
         let name = if is_task { "Task" } else { "Future" };
-        let cls_name: String = obj.getattr(intern!(py, "__class__")).and_then(|c| c.getattr(intern!(py, "__name__"))).and_then(|n| n.extract()).unwrap_or_else(|_| name.to_string());
-        ctx.set_item("message", format!("{cls_name} exception was never retrieved"))?;
+        let cls_name: String = obj
+            .getattr(intern!(py, "__class__"))
+            .and_then(|c| c.getattr(intern!(py, "__name__")))
+            .and_then(|n| n.extract())
+            .unwrap_or_else(|_| name.to_string());
+        ctx.set_item(
+            "message",
+            format!("{cls_name} exception was never retrieved"),
+        )?;
         ctx.set_item("exception", exc)?;
         ctx.set_item(if is_task { "future" } else { "future" }, obj)?;
         if let Some(tb) = &tb {

@@ -42,7 +42,11 @@ impl Handle {
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         Handle {
-            inner: Mutex::new(HandleInner { callback: Some(callback), args: Some(args), repr: None }),
+            inner: Mutex::new(HandleInner {
+                callback: Some(callback),
+                args: Some(args),
+                repr: None,
+            }),
             context,
             lp,
             cancelled: AtomicBool::new(false),
@@ -73,7 +77,15 @@ impl Handle {
             if is_exit_exception(py, &err) {
                 return Err(err);
             }
-            report_callback_error(py, h.lp.bind(py), cb.bind(py), args.bind(py).as_any(), err, Some(slf.as_any()), h.source_traceback.as_ref())?;
+            report_callback_error(
+                py,
+                h.lp.bind(py),
+                cb.bind(py),
+                args.bind(py).as_any(),
+                err,
+                Some(slf.as_any()),
+                h.source_traceback.as_ref(),
+            )?;
         }
         Ok(())
     }
@@ -83,7 +95,11 @@ impl Handle {
             return Ok(());
         }
         let debug = loop_debug(self.lp.bind(py))?;
-        let saved_repr = if debug { Some(slf.repr()?.into_any().unbind()) } else { None };
+        let saved_repr = if debug {
+            Some(slf.repr()?.into_any().unbind())
+        } else {
+            None
+        };
         self.cancelled.store(true, Ordering::Relaxed);
         let (cb, args) = {
             let mut inner = self.inner.lock();
@@ -114,9 +130,15 @@ pub(crate) fn report_callback_error(
     handle: Option<&Bound<'_, PyAny>>,
     source_traceback: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
-    let formatted = imports(py)?.format_callback_source.bind(py).call1((cb, args))?;
+    let formatted = imports(py)?
+        .format_callback_source
+        .bind(py)
+        .call1((cb, args))?;
     let context = PyDict::new(py);
-    context.set_item("message", format!("Exception in callback {}", formatted.str()?))?;
+    context.set_item(
+        "message",
+        format!("Exception in callback {}", formatted.str()?),
+    )?;
     context.set_item("exception", err.into_value(py))?;
     if let Some(h) = handle {
         context.set_item("handle", h)?;
@@ -134,13 +156,28 @@ pub(crate) fn report_callback_error(
 impl Handle {
     #[new]
     #[pyo3(signature = (callback, args, loop_, context=None))]
-    fn py_new(py: Python<'_>, callback: Py<PyAny>, args: Py<PyAny>, loop_: Py<PyAny>, context: Option<Py<PyAny>>) -> PyResult<Self> {
-        let args = args.bind(py).cast::<PyTuple>().map_err(|_| PyTypeError::new_err("args must be a tuple"))?.clone().unbind();
+    fn py_new(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyAny>,
+        loop_: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        let args = args
+            .bind(py)
+            .cast::<PyTuple>()
+            .map_err(|_| PyTypeError::new_err("args must be a tuple"))?
+            .clone()
+            .unbind();
         let context = match context {
             Some(c) => c,
             None => crate::util::copy_context(py)?.unbind(),
         };
-        let tb = if loop_debug(loop_.bind(py))? { Some(crate::util::extract_stack(py)?) } else { None };
+        let tb = if loop_debug(loop_.bind(py))? {
+            Some(crate::util::extract_stack(py)?)
+        } else {
+            None
+        };
         Ok(Handle::new(callback, args, loop_, context, tb))
     }
 
@@ -220,7 +257,10 @@ impl Handle {
         }
         let info = slf.call_method0(intern!(py, "_repr_info"))?;
         let sep = pyo3::types::PyString::new(py, " ");
-        Ok(format!("<{}>", sep.call_method1(intern!(py, "join"), (info,))?))
+        Ok(format!(
+            "<{}>",
+            sep.call_method1(intern!(py, "join"), (info,))?
+        ))
     }
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
@@ -258,7 +298,10 @@ impl TimerHandle {
         context: Option<Py<PyAny>>,
     ) -> PyResult<PyClassInitializer<Self>> {
         let base = Handle::py_new(py, callback, args, loop_, context)?;
-        Ok(PyClassInitializer::from(base).add_subclass(TimerHandle { when, scheduled: AtomicBool::new(false) }))
+        Ok(PyClassInitializer::from(base).add_subclass(TimerHandle {
+            when,
+            scheduled: AtomicBool::new(false),
+        }))
     }
 
     fn when(&self) -> f64 {
@@ -298,10 +341,20 @@ impl TimerHandle {
 
     fn __hash__(&self) -> isize {
         // hash(float) as Python computes it, so equal `when` hash equal.
-        Python::attach(|py| self.when.into_pyobject(py).ok().and_then(|f| f.hash().ok()).unwrap_or(0))
+        Python::attach(|py| {
+            self.when
+                .into_pyobject(py)
+                .ok()
+                .and_then(|f| f.hash().ok())
+                .unwrap_or(0)
+        })
     }
 
-    fn __richcmp__(slf: &Bound<'_, Self>, other: &Bound<'_, PyAny>, op: pyo3::basic::CompareOp) -> PyResult<Py<PyAny>> {
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: pyo3::basic::CompareOp,
+    ) -> PyResult<Py<PyAny>> {
         use pyo3::basic::CompareOp::*;
         let py = slf.py();
         let Ok(o) = other.cast::<TimerHandle>() else {
@@ -337,7 +390,10 @@ impl TimerHandle {
             Eq => eq()?,
             Ne => !eq()?,
         };
-        Ok(pyo3::types::PyBool::new(py, r).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, r)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 }
 

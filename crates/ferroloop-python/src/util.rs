@@ -143,5 +143,9 @@ pub fn foreign_call_soon<'py>(
 pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
     let sys = py.import("sys")?;
     let frame = sys.call_method1(intern!(py, "_getframe"), (0,))?;
-    Ok(imports(py)?.extract_stack.bind(py).call1((frame,))?.unbind())
+    Ok(imports(py)?
+        .extract_stack
+        .bind(py)
+        .call1((frame,))?
+        .unbind())
 }
