@@ -30,7 +30,7 @@ use crate::event_loop::{Loop, Ready};
 use crate::handle::loop_debug;
 use crate::util::{
     copy_context, extract_stack, foreign_call_soon, imports, in_context, invalid_state,
-    is_exit_exception,
+    is_exit_exception, registry,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -436,8 +436,7 @@ fn start_task(task: &Bound<'_, Task>) -> PyResult<()> {
         t.started = true;
     }
     schedule_step(fut, None)?;
-    imports(py)?.register_task.bind(py).call1((task,))?;
-    Ok(())
+    registry(py)?.register(task.as_any())
 }
 
 /// `loop.create_task(coro)` with a native task.
@@ -576,11 +575,11 @@ pub(crate) fn task_step(task: &Bound<'_, Future>, exc: Option<Bound<'_, PyAny>>)
         (coro, lp)
     };
     let lp = lp.into_bound(py);
-    let imp = imports(py)?;
-    imp.enter_task.bind(py).call1((&lp, task))?;
+    let reg = registry(py)?;
+    reg.enter(&lp, task.as_any())?;
     let outcome = send_into(coro.bind(py), exc);
     let res = handle_outcome(task, &lp, outcome);
-    let leave = imp.leave_task.bind(py).call1((&lp, task));
+    let leave = reg.leave(&lp, task.as_any());
     res?;
     leave?;
     Ok(())
@@ -911,8 +910,13 @@ pub struct FutureIter {
     fut: Option<Py<Future>>,
 }
 
+enum IterStep {
+    Yield(Py<PyAny>),
+    Return(Py<PyAny>),
+}
+
 impl FutureIter {
-    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+    fn advance(&mut self, py: Python<'_>) -> PyResult<IterStep> {
         let Some(fut) = self.fut.as_ref() else {
             return Err(PyStopIteration::new_err(()));
         };
@@ -922,14 +926,74 @@ impl FutureIter {
             if f.state == State::Pending {
                 if !f.blocking {
                     f.blocking = true;
-                    return Ok(Some(fut.clone().into_any().unbind()));
+                    return Ok(IterStep::Yield(fut.clone().into_any().unbind()));
                 }
                 return Err(runtime("await wasn't used with future"));
             }
         }
         self.fut = None;
-        let value = fut_result(&fut)?;
-        Err(PyStopIteration::new_err((value,)))
+        Ok(IterStep::Return(fut_result(&fut)?))
+    }
+
+    fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.advance(py)? {
+            IterStep::Yield(v) => Ok(Some(v)),
+            IterStep::Return(v) => Err(PyStopIteration::new_err((v,))),
+        }
+    }
+}
+
+/// `am_send` slot of FutureIter: lets `await fut` finish without creating a
+/// StopIteration (CPython's C FutureIter has the same slot).
+unsafe extern "C" fn future_iter_am_send(
+    iter: *mut ffi::PyObject,
+    _arg: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    let outcome = std::panic::catch_unwind(|| {
+        // SAFETY: slots are called with the GIL held.
+        let py = unsafe { Python::assume_attached() };
+        // SAFETY: `iter` is the live receiver of this slot.
+        let obj = unsafe { Bound::from_borrowed_ptr(py, iter) };
+        let r = match obj.cast::<FutureIter>() {
+            Ok(it) => match it.try_borrow_mut() {
+                Ok(mut it) => it.advance(py),
+                Err(e) => Err(PyErr::from(e)),
+            },
+            Err(e) => Err(PyErr::from(e)),
+        };
+        match r {
+            Ok(IterStep::Yield(v)) => (ffi::PySendResult::PYGEN_NEXT, v.into_ptr()),
+            Ok(IterStep::Return(v)) => (ffi::PySendResult::PYGEN_RETURN, v.into_ptr()),
+            Err(e) => {
+                e.restore(py);
+                (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
+            }
+        }
+    });
+    let (status, value) = outcome.unwrap_or_else(|_| {
+        // SAFETY: GIL held (slot contract); report the panic as an exception.
+        let py = unsafe { Python::assume_attached() };
+        runtime("panic in FutureIter.send").restore(py);
+        (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
+    });
+    // SAFETY: `result` is a valid out-pointer supplied by PyIter_Send.
+    unsafe { *result = value };
+    status
+}
+
+/// Installs [`future_iter_am_send`] on the FutureIter type.
+pub(crate) fn install_am_send(py: Python<'_>) {
+    let tp = FutureIter::type_object(py).as_type_ptr();
+    // SAFETY: FutureIter is our own heap type, fully initialized, with no
+    // instance yet (module init, GIL held). Heap types always point
+    // tp_as_async at their own writable PyAsyncMethods.
+    unsafe {
+        let am = (*tp).tp_as_async;
+        if !am.is_null() {
+            (*am).am_send = Some(future_iter_am_send);
+            ffi::PyType_Modified(tp);
+        }
     }
 }
 

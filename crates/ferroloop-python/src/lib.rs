@@ -28,6 +28,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<future::TaskStepMethWrapper>()?;
     m.add_class::<future::TaskWakeup>()?;
     finalize::install(m.py())?;
+    future::install_am_send(m.py());
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -35,6 +35,133 @@ pub struct Imports {
 }
 
 static IMPORTS: PyOnceLock<Imports> = PyOnceLock::new();
+static REGISTRY: PyOnceLock<Registry> = PyOnceLock::new();
+
+/// asyncio's task bookkeeping (`current_task()`, `all_tasks()`), done with
+/// direct container operations where the interpreter version allows it and
+/// with asyncio's own functions otherwise:
+/// - `_current_tasks` is a plain dict shared with the C accelerator on
+///   3.11–3.13 (3.14 moved it into the thread state: call the functions).
+/// - `_all_tasks` is a `WeakSet` on 3.11 (3.12 keeps native tasks elsewhere:
+///   call `_register_task`). Adding `ref(task, set._remove)` to its `data`
+///   is what `WeakSet.add` does, minus a Python frame.
+pub struct Registry {
+    current: Option<Py<PyDict>>,
+    weak_data: Option<Py<pyo3::types::PySet>>,
+    weak_remove: Option<Py<PyAny>>,
+    weak_pending: Option<Py<PyAny>>,
+    weak_set: Option<Py<PyAny>>,
+}
+
+pub fn registry(py: Python<'_>) -> PyResult<&'static Registry> {
+    REGISTRY.get_or_try_init(py, || {
+        let tasks = py.import("asyncio.tasks")?;
+        let v = py.version_info();
+        let current = if (v.major, v.minor) < (3, 14) {
+            tasks
+                .getattr("_current_tasks")?
+                .cast_into::<PyDict>()
+                .ok()
+                .map(|d| d.unbind())
+        } else {
+            None
+        };
+        let (mut weak_data, mut weak_remove, mut weak_pending, mut weak_set) =
+            (None, None, None, None);
+        if (v.major, v.minor) == (3, 11) {
+            let ws = tasks.getattr("_all_tasks")?;
+            if let (Ok(data), Ok(remove), Ok(pending)) = (
+                ws.getattr("data"),
+                ws.getattr("_remove"),
+                ws.getattr("_pending_removals"),
+            ) {
+                if let Ok(data) = data.cast_into::<pyo3::types::PySet>() {
+                    weak_data = Some(data.unbind());
+                    weak_remove = Some(remove.unbind());
+                    weak_pending = Some(pending.unbind());
+                    weak_set = Some(ws.unbind());
+                }
+            }
+        }
+        Ok(Registry {
+            current,
+            weak_data,
+            weak_remove,
+            weak_pending,
+            weak_set,
+        })
+    })
+}
+
+impl Registry {
+    pub fn register(&self, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = task.py();
+        if let (Some(data), Some(remove), Some(pending), Some(ws)) = (
+            &self.weak_data,
+            &self.weak_remove,
+            &self.weak_pending,
+            &self.weak_set,
+        ) {
+            if pending.bind(py).is_truthy()? {
+                ws.bind(py).call_method0(intern!(py, "_commit_removals"))?;
+            }
+            let r = pyo3::types::PyWeakrefReference::new_with(task, remove.bind(py))?;
+            return data.bind(py).add(r);
+        }
+        imports(py)?.register_task.bind(py).call1((task,))?;
+        Ok(())
+    }
+
+    pub fn enter(&self, lp: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = lp.py();
+        match &self.current {
+            Some(d) => {
+                let d = d.bind(py);
+                if let Some(cur) = d.get_item(lp)? {
+                    if !cur.is_none() {
+                        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                            "Cannot enter into task {} while another task {} is being executed.",
+                            task.repr()?,
+                            cur.repr()?
+                        )));
+                    }
+                }
+                d.set_item(lp, task)
+            }
+            None => imports(py)?
+                .enter_task
+                .bind(py)
+                .call1((lp, task))
+                .map(|_| ()),
+        }
+    }
+
+    pub fn leave(&self, lp: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = lp.py();
+        match &self.current {
+            Some(d) => {
+                let d = d.bind(py);
+                let cur = d.get_item(lp)?;
+                match cur {
+                    Some(c) if c.is(task) => d.del_item(lp),
+                    other => Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                        "Leaving task {} does not match the current task {}.",
+                        task.repr()?,
+                        match other {
+                            Some(c) => c.repr()?.to_string(),
+                            None => "None".to_string(),
+                        }
+                    ))),
+                }
+            }
+            None => imports(py)?
+                .leave_task
+                .bind(py)
+                .call1((lp, task))
+                .map(|_| ()),
+        }
+    }
+}
 
 fn attr(py: Python<'_>, module: &str, path: &str) -> PyResult<Py<PyAny>> {
     let mut obj = py.import(module)?.into_any();
