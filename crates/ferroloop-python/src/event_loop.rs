@@ -309,12 +309,8 @@ impl Loop {
         if debug {
             slf.call_method1(intern!(py, "_check_thread"), ())?;
             slf.call_method1(intern!(py, "_check_callback"), (callback, method))?;
-        } else if !callback.is_callable() {
-            return Err(PyTypeError::new_err(format!(
-                "a callable object was expected by {}(), got {}",
-                method,
-                callback.repr()?
-            )));
+        } else {
+            check_callback_fast(callback, method)?;
         }
         let ctx = match context {
             Some(c) if !c.is_none() => c,
@@ -333,6 +329,42 @@ impl Loop {
             tb,
         ))
     }
+}
+
+/// The checks of asyncio's debug-mode `_check_callback`, done always but
+/// cheaply: coroutine objects and `async def` functions (plain or bound)
+/// are refused with asyncio's message, then anything not callable.
+fn check_callback_fast(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    let py = callback.py();
+    // SAFETY: type checks only read the object's type.
+    let is_coro_obj = unsafe { pyo3::ffi::PyCoro_CheckExact(callback.as_ptr()) } != 0;
+    let is_coro_fn = || -> PyResult<bool> {
+        let func = match callback.getattr_opt(intern!(py, "__func__"))? {
+            Some(f) if callback.is_instance_of::<pyo3::types::PyCFunction>() == false => f,
+            _ => callback.clone(),
+        };
+        if !func.is_instance_of::<pyo3::types::PyFunction>() {
+            return Ok(false);
+        }
+        let flags: u32 = func
+            .getattr(intern!(py, "__code__"))?
+            .getattr(intern!(py, "co_flags"))?
+            .extract()?;
+        Ok(flags & 0x80 != 0) // CO_COROUTINE
+    };
+    if is_coro_obj || (!callback.is_instance_of::<pyo3::types::PyCFunction>() && is_coro_fn()?) {
+        return Err(PyTypeError::new_err(format!(
+            "coroutines cannot be used with {method}()"
+        )));
+    }
+    if !callback.is_callable() {
+        return Err(PyTypeError::new_err(format!(
+            "a callable object was expected by {}(), got {}",
+            method,
+            callback.repr()?
+        )));
+    }
+    Ok(())
 }
 
 fn task_context(py: Python<'_>, task: &Py<Future>) -> Py<PyAny> {
@@ -411,11 +443,8 @@ impl Loop {
                 intern!(py, "_check_callback"),
                 (callback, "call_soon_threadsafe"),
             )?;
-        } else if !callback.is_callable() {
-            return Err(PyTypeError::new_err(format!(
-                "a callable object was expected by call_soon_threadsafe(), got {}",
-                callback.repr()?
-            )));
+        } else {
+            check_callback_fast(callback, "call_soon_threadsafe")?;
         }
         let ctx = match context {
             Some(c) if !c.is_none() => c,
@@ -461,7 +490,7 @@ impl Loop {
             callback,
             args,
             context,
-            "call_later",
+            "call_at",
         )
     }
 

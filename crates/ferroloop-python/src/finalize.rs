@@ -20,10 +20,14 @@ static FUTURE_DEALLOC: OnceLock<Dealloc> = OnceLock::new();
 static TASK_DEALLOC: OnceLock<Dealloc> = OnceLock::new();
 
 unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
-    // SAFETY: tp_finalize is called by CPython with the GIL held and `obj`
-    // alive (refcount temporarily > 0).
-    let py = unsafe { Python::assume_attached() };
-    // SAFETY: `obj` is a live object for the duration of this call.
+    // tp_finalize is called with the GIL held. `attach` (not
+    // `assume_attached`) also tells PyO3 so: otherwise reference drops in
+    // here would be deferred, and the GC would see the object resurrected.
+    Python::attach(|py| finalize_attached(py, obj));
+}
+
+fn finalize_attached(py: Python<'_>, obj: *mut ffi::PyObject) {
+    // SAFETY: `obj` is alive (refcount temporarily > 0) during tp_finalize.
     let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
     // Keep any exception being raised around us intact (as `__del__` does).
     let saved = PyErr::take(py);

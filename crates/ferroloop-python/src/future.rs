@@ -222,12 +222,9 @@ pub(crate) fn fut_set_result(fut: &Bound<'_, Future>, value: Py<PyAny>) -> PyRes
         let mut f = fut.borrow_mut();
         check_initialized(&f)?;
         if f.state != State::Pending {
-            let state = f.state.name();
+            // The C Future's message (asyncio's default implementation).
             drop(f);
-            return Err(invalid_state(
-                py,
-                format!("{}: {}", state, repr_of(fut.as_any())),
-            ));
+            return Err(invalid_state(py, "invalid state".into()));
         }
         f.result = Some(value);
         f.state = State::Finished;
@@ -243,12 +240,9 @@ pub(crate) fn fut_set_exception(
     {
         let f = fut.borrow();
         if f.state != State::Pending {
-            let state = f.state.name();
+            // The C Future's message (asyncio's default implementation).
             drop(f);
-            return Err(invalid_state(
-                py,
-                format!("{}: {}", state, repr_of(fut.as_any())),
-            ));
+            return Err(invalid_state(py, "invalid state".into()));
         }
     }
     let exc = if let Ok(ty) = exception.cast::<PyType>() {
@@ -327,7 +321,7 @@ pub(crate) fn fut_result(fut: &Bound<'_, Future>) -> PyResult<Py<PyAny>> {
     let state = fut.borrow().state;
     match state {
         State::Cancelled => Err(PyErr::from_value(make_cancelled_error(fut)?)),
-        State::Pending => Err(invalid_state(py, "Result is not ready.".into())),
+        State::Pending => Err(invalid_state(py, "Result is not set.".into())),
         State::Finished => {
             let (result, exc, tb) = {
                 let mut f = fut.borrow_mut();
@@ -613,10 +607,14 @@ fn handle_outcome<'py>(
                 task.borrow_mut().cancelled_exc = Some(err.into_value(py).into_any());
                 fut_cancel(task, None).map(|_| ())
             } else if is_exit_exception(py, &err) {
-                fut_set_exception(task, err.value(py).as_any())?;
+                let value = err.clone_ref(py).into_value(py);
+                fut_set_exception(task, value.bind(py).as_any())?;
                 Err(err)
             } else {
-                fut_set_exception(task, err.value(py).as_any())
+                // into_value attaches the traceback to the exception object
+                // (on 3.11 a fetched error keeps it apart until then).
+                let value = err.into_value(py);
+                fut_set_exception(task, value.bind(py).as_any())
             }
         }
         Outcome::Yielded(result) => handle_yield(task, lp, result),
@@ -950,31 +948,31 @@ unsafe extern "C" fn future_iter_am_send(
     _arg: *mut ffi::PyObject,
     result: *mut *mut ffi::PyObject,
 ) -> ffi::PySendResult {
+    // Slots run with the GIL held; `attach` makes PyO3 drop references at
+    // once instead of deferring them (which would delay frees and upset GC).
     let outcome = std::panic::catch_unwind(|| {
-        // SAFETY: slots are called with the GIL held.
-        let py = unsafe { Python::assume_attached() };
-        // SAFETY: `iter` is the live receiver of this slot.
-        let obj = unsafe { Bound::from_borrowed_ptr(py, iter) };
-        let r = match obj.cast::<FutureIter>() {
-            Ok(it) => match it.try_borrow_mut() {
-                Ok(mut it) => it.advance(py),
+        Python::attach(|py| {
+            // SAFETY: `iter` is the live receiver of this slot.
+            let obj = unsafe { Bound::from_borrowed_ptr(py, iter) };
+            let r = match obj.cast::<FutureIter>() {
+                Ok(it) => match it.try_borrow_mut() {
+                    Ok(mut it) => it.advance(py),
+                    Err(e) => Err(PyErr::from(e)),
+                },
                 Err(e) => Err(PyErr::from(e)),
-            },
-            Err(e) => Err(PyErr::from(e)),
-        };
-        match r {
-            Ok(IterStep::Yield(v)) => (ffi::PySendResult::PYGEN_NEXT, v.into_ptr()),
-            Ok(IterStep::Return(v)) => (ffi::PySendResult::PYGEN_RETURN, v.into_ptr()),
-            Err(e) => {
-                e.restore(py);
-                (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
+            };
+            match r {
+                Ok(IterStep::Yield(v)) => (ffi::PySendResult::PYGEN_NEXT, v.into_ptr()),
+                Ok(IterStep::Return(v)) => (ffi::PySendResult::PYGEN_RETURN, v.into_ptr()),
+                Err(e) => {
+                    e.restore(py);
+                    (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
+                }
             }
-        }
+        })
     });
     let (status, value) = outcome.unwrap_or_else(|_| {
-        // SAFETY: GIL held (slot contract); report the panic as an exception.
-        let py = unsafe { Python::assume_attached() };
-        runtime("panic in FutureIter.send").restore(py);
+        Python::attach(|py| runtime("panic in FutureIter.send").restore(py));
         (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
     });
     // SAFETY: `result` is a valid out-pointer supplied by PyIter_Send.
@@ -1280,8 +1278,12 @@ impl Future {
         self.lp.clone_ref(py)
     }
 
+    /// Like the C Future: `None` when no callback is registered.
     #[getter]
-    fn _callbacks<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    fn _callbacks<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyList>>> {
+        if self.callbacks.is_empty() {
+            return Ok(None);
+        }
         let list = PyList::empty(py);
         for cb in &self.callbacks {
             let item = match cb {
@@ -1305,7 +1307,7 @@ impl Future {
             };
             list.append(item)?;
         }
-        Ok(list)
+        Ok(Some(list))
     }
 
     #[getter]

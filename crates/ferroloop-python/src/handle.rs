@@ -94,13 +94,14 @@ impl Handle {
         if self.cancelled.load(Ordering::Relaxed) {
             return Ok(());
         }
+        self.cancelled.store(true, Ordering::Relaxed);
+        // As asyncio: in debug mode the repr (now saying "cancelled") is kept.
         let debug = loop_debug(self.lp.bind(py))?;
         let saved_repr = if debug {
             Some(slf.repr()?.into_any().unbind())
         } else {
             None
         };
-        self.cancelled.store(true, Ordering::Relaxed);
         let (cb, args) = {
             let mut inner = self.inner.lock();
             inner.repr = saved_repr;

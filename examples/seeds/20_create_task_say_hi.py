@@ -1,0 +1,19 @@
+# ruff: noqa -- verbatim seed code (see below), intentionally not linted or reformatted
+# Seed: /work/shared/seeds/004_d222d4da7895f040.txt -- "Asyncio Fundamentals: Coroutines, Tasks, and Futures"
+# (HTML-stripped text: indentation and blank lines were lost; both reconstructed here,
+# tokens and line order unchanged.)
+# "Creating and Managing Tasks".
+# Glue: "import asyncio" added (the block relies on the article's first example's import).
+
+import asyncio  # added
+
+async def say_hi():
+    await asyncio.sleep(1)
+    print("Hi")
+
+async def main():
+    task = asyncio.create_task(say_hi())
+    print("Task created")
+    await task
+
+asyncio.run(main())
