@@ -15,9 +15,9 @@ import re
 import sys
 import threading
 import time
+from asyncio import format_helpers
 
 import pytest
-from asyncio import format_helpers
 
 THIS_FILE = __file__
 

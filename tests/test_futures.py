@@ -16,7 +16,6 @@ import types
 import weakref
 
 import pytest
-
 from conftest import ferroloop
 
 THIS_FILE = __file__

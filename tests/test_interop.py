@@ -19,17 +19,16 @@ import threading
 import time
 
 import pytest
-
 from conftest import ferroloop, make_loop_factory
 
 tornado = pytest.importorskip('tornado', reason='tornado is not installed')
 anyio = pytest.importorskip('anyio', reason='anyio is not installed')
 
-from tornado import gen  # noqa: E402
-from tornado.ioloop import IOLoop  # noqa: E402
 import tornado.locks  # noqa: E402
 import tornado.queues  # noqa: E402
 import tornado.util  # noqa: E402
+from tornado import gen  # noqa: E402
+from tornado.ioloop import IOLoop  # noqa: E402
 
 
 def _check_loop_kind(lp, kind):

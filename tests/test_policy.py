@@ -13,9 +13,7 @@ import textwrap
 import threading
 
 import pytest
-
 from conftest import require_ferroloop
-
 
 # ---------------------------------------------------------------------------
 # parametrization helpers

@@ -14,7 +14,6 @@ import types
 import weakref
 
 import pytest
-
 from conftest import ferroloop
 
 

@@ -18,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
+import warnings
 import weakref
 from asyncio import base_events as _base_events
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
-from typing import Any, Callable, Coroutine, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
-from ._ferroloop import Future, Handle, Task, TimerHandle, _Loop, __version__
+from ._ferroloop import Future, Handle, Task, TimerHandle, __version__, _Loop
 
 __all__ = [
     "Loop",
@@ -78,7 +80,7 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
             f"closed={self.is_closed()} debug={self.get_debug()}>"
         )
 
-    def __del__(self, _warn: Any = __import__("warnings").warn) -> None:
+    def __del__(self, _warn: Any = warnings.warn) -> None:
         if not self.is_closed():
             _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
             if not self.is_running():

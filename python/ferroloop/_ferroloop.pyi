@@ -5,10 +5,24 @@ from collections.abc import Callable, Coroutine, Generator
 from types import GenericAlias
 from typing import Any, TypeVar
 
+from typing_extensions import disjoint_base, final
+
 _T = TypeVar("_T")
 
 __version__: str
+__all__ = [
+    "_Loop",
+    "Handle",
+    "TimerHandle",
+    "Future",
+    "Task",
+    "FutureIter",
+    "TaskStepMethWrapper",
+    "task_wakeup",
+    "__version__",
+]
 
+@disjoint_base
 class Handle:
     def __new__(
         cls,
@@ -37,6 +51,7 @@ class Handle:
     @property
     def _repr(self) -> str | None: ...
 
+@disjoint_base
 class TimerHandle(Handle):
     def __new__(  # type: ignore[misc]
         cls,
@@ -52,6 +67,7 @@ class TimerHandle(Handle):
     @property
     def _scheduled(self) -> bool: ...
 
+@disjoint_base
 class Future:
     _asyncio_future_blocking: bool
     _source_traceback: Any
@@ -126,19 +142,29 @@ class Task(Future):
     @property
     def _name(self) -> str: ...
 
+@final
 class FutureIter:
     def __iter__(self) -> FutureIter: ...
     def __next__(self) -> Any: ...
-    def send(self, value: Any, /) -> Any: ...
-    def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any: ...
+    def send(self, value: Any) -> Any: ...
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any: ...
     def close(self) -> None: ...
 
+@final
 class TaskStepMethWrapper:
-    def __call__(self) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+    @property
+    def __self__(self) -> Task: ...
 
+@final
 class task_wakeup:
-    def __call__(self, fut: Any) -> None: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> None: ...
+    @property
+    def __self__(self) -> Task: ...
+    @property
+    def __qualname__(self) -> str: ...  # type: ignore[override]
 
+@disjoint_base
 class _Loop:
     slow_callback_duration: float
     _native_tasks: bool

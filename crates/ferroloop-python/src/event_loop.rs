@@ -340,7 +340,7 @@ fn check_callback_fast(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()
     let is_coro_obj = unsafe { pyo3::ffi::PyCoro_CheckExact(callback.as_ptr()) } != 0;
     let is_coro_fn = || -> PyResult<bool> {
         let func = match callback.getattr_opt(intern!(py, "__func__"))? {
-            Some(f) if callback.is_instance_of::<pyo3::types::PyCFunction>() == false => f,
+            Some(f) if !callback.is_instance_of::<pyo3::types::PyCFunction>() => f,
             _ => callback.clone(),
         };
         if !func.is_instance_of::<pyo3::types::PyFunction>() {
@@ -509,7 +509,8 @@ impl Loop {
         Loop::schedule_timer(slf, when, callback, args, context, "call_at")
     }
 
-    fn _timer_handle_cancelled(&mut self, _handle: &Bound<'_, PyAny>) {
+    fn _timer_handle_cancelled(&mut self, handle: &Bound<'_, PyAny>) {
+        let _ = handle;
         self.timers.note_cancelled();
     }
 
@@ -609,11 +610,8 @@ impl Loop {
                 }
             };
             if let Some(n) = name {
-                match task.getattr_opt(intern!(py, "set_name"))? {
-                    Some(set_name) => {
-                        set_name.call1((n,))?;
-                    }
-                    None => {}
+                if let Some(set_name) = task.getattr_opt(intern!(py, "set_name"))? {
+                    set_name.call1((n,))?;
                 }
             }
             return Ok(task.unbind());

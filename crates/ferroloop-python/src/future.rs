@@ -1005,7 +1005,8 @@ impl FutureIter {
         self.step(py)
     }
 
-    fn send(&mut self, py: Python<'_>, _value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    fn send(&mut self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+        let _ = value;
         self.step(py)
     }
 
@@ -1459,11 +1460,13 @@ impl Task {
         t.num_cancels_requested
     }
 
-    fn set_result(&self, _result: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_result(&self, result: &Bound<'_, PyAny>) -> PyResult<()> {
+        let _ = result;
         Err(runtime("Task does not support set_result operation"))
     }
 
-    fn set_exception(&self, _exception: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn set_exception(&self, exception: &Bound<'_, PyAny>) -> PyResult<()> {
+        let _ = exception;
         Err(runtime("Task does not support set_exception operation"))
     }
 
@@ -1640,7 +1643,7 @@ pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
             format!("{cls_name} exception was never retrieved"),
         )?;
         ctx.set_item("exception", exc)?;
-        ctx.set_item(if is_task { "future" } else { "future" }, obj)?;
+        ctx.set_item("future", obj)?;
         if let Some(tb) = &tb {
             if tb.bind(py).is_truthy()? {
                 ctx.set_item("source_traceback", tb)?;
