@@ -1094,3 +1094,150 @@ def test_asyncgen_hooks_restored_after_run(loop):
     assert sys.get_asyncgen_hooks() == before
     assert seen[0].firstiter is not None
     assert seen[0].finalizer is not None
+
+
+# ---------------------------------------------------------------------------
+# more debug-mode details
+# ---------------------------------------------------------------------------
+
+def test_debug_mode_tracks_coroutine_origins_while_running(loop):
+    from asyncio import constants
+    before = sys.get_coroutine_origin_tracking_depth()
+
+    async def depth():
+        return sys.get_coroutine_origin_tracking_depth()
+
+    assert loop.run_until_complete(depth()) == before
+    loop.set_debug(True)
+    assert loop.run_until_complete(depth()) == constants.DEBUG_STACK_DEPTH
+    assert sys.get_coroutine_origin_tracking_depth() == before
+
+
+def test_timer_handle_source_traceback_points_at_caller(loop):
+    loop.set_debug(True)
+    line = lineno() + 1
+    h = loop.call_later(10, _cb)
+    line_at = lineno() + 1
+    h2 = loop.call_at(loop.time() + 10, _cb)
+    try:
+        tb = h._source_traceback
+        assert (tb[-1].filename, tb[-1].lineno) == (THIS_FILE, line)
+        tb2 = h2._source_traceback
+        assert (tb2[-1].filename, tb2[-1].lineno) == (THIS_FILE, line_at)
+    finally:
+        h.cancel()
+        h2.cancel()
+
+
+def test_call_at_keeps_integer_deadline(loop):
+    when = int(loop.time()) + 1000
+    h = loop.call_at(when, _cb)
+    try:
+        assert h.when() == when
+        assert repr(h) == repr(asyncio.TimerHandle(when, _cb, (), loop))
+    finally:
+        h.cancel()
+
+
+def test_run_until_complete_removes_its_done_callback(loop):
+    fut = loop.create_future()
+    loop.call_soon(loop.stop)
+    with pytest.raises(RuntimeError):
+        loop.run_until_complete(fut)
+    assert not fut._callbacks
+    fut2 = loop.create_future()
+    loop.call_soon(fut2.set_result, 1)
+    loop.run_until_complete(fut2)
+    assert not fut2._callbacks
+    fut.cancel()
+
+
+# ---------------------------------------------------------------------------
+# several loops in several threads
+# ---------------------------------------------------------------------------
+
+def test_loops_in_parallel_threads(loop_factory):
+    n_threads = 4
+    results = {}
+    errors = []
+
+    def worker(i):
+        lp = loop_factory()
+        try:
+            async def child(j):
+                await asyncio.sleep(0.001 * (j % 3))
+                return (j, asyncio.current_task().get_name(),
+                        asyncio.get_running_loop() is lp)
+
+            async def main():
+                me = asyncio.current_task()
+                tasks = [asyncio.create_task(child(j), name=f't{i}-{j}')
+                         for j in range(50)]
+                mine = asyncio.all_tasks()
+                out = await asyncio.gather(*tasks)
+                return me is asyncio.current_task(), mine, out
+
+            same_task, mine, out = lp.run_until_complete(main())
+            results[i] = (same_task, all(t.get_loop() is lp for t in mine),
+                          out)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            lp.close()
+
+    threads = [threading.Thread(target=worker, args=(i,))
+               for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for i in range(n_threads):
+        same_task, own_loop_only, out = results[i]
+        assert same_task and own_loop_only
+        assert out == [(j, f't{i}-{j}', True) for j in range(50)]
+
+
+def test_ping_pong_between_loops_in_two_threads(loop, loop_factory):
+    other = loop_factory()
+    rounds = 200
+    other_ready = threading.Event()
+
+    def other_main():
+        async def serve():
+            other_ready.set()
+            await other.create_future()  # runs until cancelled
+
+        task = other.create_task(serve())
+        try:
+            other.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass
+
+    th = threading.Thread(target=other_main)
+    th.start()
+    try:
+        assert other_ready.wait(20)
+
+        async def main():
+            for i in range(rounds):
+                reply = loop.create_future()
+
+                def on_other(i=i, reply=reply):
+                    # runs in the other thread's loop
+                    assert asyncio.get_running_loop() is other
+                    loop.call_soon_threadsafe(reply.set_result, i * 2)
+
+                other.call_soon_threadsafe(on_other)
+                assert await asyncio.wait_for(reply, 20) == i * 2
+            return rounds
+
+        assert loop.run_until_complete(main()) == rounds
+    finally:
+        def cancel_all():
+            for t in asyncio.all_tasks(other):
+                t.cancel()
+        other.call_soon_threadsafe(cancel_all)
+        th.join(30)
+        other.close()
+    assert not th.is_alive()

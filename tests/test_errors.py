@@ -497,3 +497,16 @@ def test_exception_from_task_keeps_traceback(loop):
     names = [entry.name for entry in ei.traceback]
     assert 'inner' in names
     assert 'outer' in names
+
+
+def test_run_until_complete_future_of_other_loop(loop, loop_factory):
+    other = loop_factory()
+    try:
+        foreign = other.create_future()
+        with pytest.raises(ValueError, match='The future belongs to a '
+                                             'different loop than the one '
+                                             'specified as the loop argument'):
+            loop.run_until_complete(foreign)
+        foreign.cancel()
+    finally:
+        other.close()

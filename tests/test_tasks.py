@@ -1625,3 +1625,188 @@ def test_condition_wait_for(loop):
         return result
 
     assert loop.run_until_complete(main()) is True
+
+
+# ---------------------------------------------------------------------------
+# more cancellation races and protocol details
+# ---------------------------------------------------------------------------
+
+def _scenario_outcome(loop, make_task, scenario):
+    """Run ``scenario`` against a task created by ``make_task``."""
+    fut = loop.create_future()
+    t = make_task(_waiter(fut))
+    iterate(loop)
+    scenario(t, fut)
+    try:
+        return ('result', loop.run_until_complete(t))
+    except asyncio.CancelledError as exc:
+        return ('cancelled', exc.args, t.cancelled())
+
+
+def _both_outcomes(loop, scenario):
+    native = _scenario_outcome(loop, loop.create_task, scenario)
+    ref = _scenario_outcome(
+        loop, lambda c: asyncio.Task(c, loop=loop), scenario)
+    return native, ref
+
+
+def test_double_cancel_keeps_first_message(loop):
+    def scenario(t, fut):
+        assert t.cancel('first') is True
+        assert t.cancel('second') is True
+        assert t.cancelling() == 2
+
+    native, ref = _both_outcomes(loop, scenario)
+    assert native == ref == ('cancelled', ('first',), True)
+
+
+def test_cancel_after_awaited_future_completed(loop):
+    # The future already has its result, but the task has not resumed yet:
+    # cancel() wins and the result is discarded (stdlib semantics).
+    def scenario(t, fut):
+        fut.set_result('too late')
+        assert t.cancel() is True
+
+    native, ref = _both_outcomes(loop, scenario)
+    assert native == ref == ('cancelled', (), True)
+
+
+def test_cancel_then_future_completes(loop):
+    def scenario(t, fut):
+        assert t.cancel('m') is True
+        assert fut.cancelled()
+        with pytest.raises(asyncio.InvalidStateError):
+            fut.set_result('ignored')
+
+    native, ref = _both_outcomes(loop, scenario)
+    assert native == ref == ('cancelled', ('m',), True)
+
+
+def test_uncancel_then_swallow(loop):
+    async def coro(fut):
+        try:
+            await fut
+        except asyncio.CancelledError:
+            asyncio.current_task().uncancel()
+            return 'uncancelled'
+
+    fut1 = loop.create_future()
+    fut2 = loop.create_future()
+    t = loop.create_task(coro(fut1))
+    ref = asyncio.Task(coro(fut2), loop=loop)
+    iterate(loop)
+    t.cancel()
+    ref.cancel()
+    assert loop.run_until_complete(t) == loop.run_until_complete(ref) == \
+        'uncancelled'
+    assert t.cancelling() == ref.cancelling() == 0
+
+
+def test_task_awaits_duck_typed_future(loop):
+    class DuckFuture:
+        _asyncio_future_blocking = False
+
+        def __init__(self, lp):
+            self._loop = lp
+            self._callbacks = []
+            self._done = False
+            self._result = None
+
+        def get_loop(self):
+            return self._loop
+
+        def add_done_callback(self, fn, *, context=None):
+            self._callbacks.append((fn, context))
+
+        def remove_done_callback(self, fn):
+            before = len(self._callbacks)
+            self._callbacks = [(f, c) for f, c in self._callbacks if f != fn]
+            return before - len(self._callbacks)
+
+        def done(self):
+            return self._done
+
+        def cancelled(self):
+            return False
+
+        def cancel(self, msg=None):
+            return False
+
+        def result(self):
+            return self._result
+
+        def exception(self):
+            return None
+
+        def set_result(self, value):
+            self._done = True
+            self._result = value
+            for fn, ctx in self._callbacks:
+                self._loop.call_soon(fn, self, context=ctx)
+
+        def __await__(self):
+            if not self._done:
+                self._asyncio_future_blocking = True
+                yield self
+            return self.result()
+
+    duck = DuckFuture(loop)
+    assert asyncio.isfuture(duck)
+
+    async def main():
+        loop.call_soon(duck.set_result, 'quack')
+        return await duck
+
+    t = loop.create_task(main())
+    assert loop.run_until_complete(t) == 'quack'
+
+
+def test_yield_from_task_in_generator_coroutine(loop):
+    inner = loop.create_task(asyncio.sleep(0.001, 'inner'))
+
+    @types.coroutine
+    def gen_coro():
+        return (yield from inner)
+
+    async def main():
+        return await gen_coro()
+
+    assert loop.run_until_complete(main()) == 'inner'
+
+
+def test_task_source_traceback_in_debug_mode(loop):
+    loop.set_debug(True)
+    import sys
+    line = sys._getframe().f_lineno + 1
+    t = loop.create_task(_ret())
+    tb = t._source_traceback
+    assert (tb[-1].filename, tb[-1].lineno) == (__file__, line)
+    assert re.search(r' created at .*test_tasks\.py:\d+>$', repr(t))
+    loop.run_until_complete(t)
+
+
+def test_task_without_debug_has_no_source_traceback(loop):
+    t = loop.create_task(_ret())
+    assert t._source_traceback is None
+    loop.run_until_complete(t)
+
+
+def test_stop_iteration_raised_in_coroutine(loop):
+    async def coro():
+        raise StopIteration('inside')
+
+    with pytest.raises(RuntimeError, match='coroutine raised StopIteration'):
+        loop.run_until_complete(coro())
+
+
+def test_keyboard_interrupt_in_task_propagates(loop):
+    async def coro():
+        await asyncio.sleep(0)
+        raise KeyboardInterrupt
+
+    t = loop.create_task(coro())
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_complete(t)
+    assert t.done()
+    assert isinstance(t.exception(), KeyboardInterrupt)
+    assert not loop.is_running()

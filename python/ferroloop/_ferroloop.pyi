@@ -3,9 +3,9 @@
 import contextvars
 from collections.abc import Callable, Coroutine, Generator
 from types import GenericAlias
-from typing import Any, TypeVar
+from typing import Any, TypeVar, final
 
-from typing_extensions import disjoint_base, final
+from typing_extensions import disjoint_base
 
 _T = TypeVar("_T")
 
@@ -74,8 +74,9 @@ class Future:
     _log_traceback: bool
     _cancel_message: Any
     _cancelled_exc: BaseException | None
-    def __new__(cls, *, loop: Any = None) -> Future: ...
-    def __init__(self, *, loop: Any = None) -> None: ...
+    def __new__(cls, *args: Any, **kwargs: Any) -> Future: ...
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # (*, loop=None)
+    def __init_subclass__(cls, **kwargs: Any) -> None: ...
     def __class_getitem__(cls, item: Any) -> GenericAlias: ...
     def result(self) -> Any: ...
     def exception(self) -> BaseException | None: ...
@@ -109,22 +110,8 @@ class Task(Future):
     _must_cancel: bool
     _log_destroy_pending: bool
     _num_cancels_requested: int
-    def __new__(  # type: ignore[misc]
-        cls,
-        coro: Coroutine[Any, Any, Any],
-        *,
-        loop: Any = None,
-        name: object = None,
-        context: contextvars.Context | None = None,
-    ) -> Task: ...
-    def __init__(  # type: ignore[override]
-        self,
-        coro: Coroutine[Any, Any, Any],
-        *,
-        loop: Any = None,
-        name: object = None,
-        context: contextvars.Context | None = None,
-    ) -> None: ...
+    def __new__(cls, *args: Any, **kwargs: Any) -> Task: ...
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...  # (coro, *, loop, name, context)
     def cancelling(self) -> int: ...
     def uncancel(self) -> int: ...
     def get_coro(self) -> Coroutine[Any, Any, Any]: ...

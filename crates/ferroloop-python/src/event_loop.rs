@@ -487,6 +487,7 @@ impl Loop {
         Loop::schedule_timer(
             slf,
             clock::monotonic() + delay,
+            None,
             callback,
             args,
             context,
@@ -505,8 +506,13 @@ impl Loop {
         if when.is_none() {
             return Err(PyTypeError::new_err("when cannot be None"));
         }
-        let when: f64 = when.extract()?;
-        Loop::schedule_timer(slf, when, callback, args, context, "call_at")
+        let when_f: f64 = when.extract()?;
+        let when_obj = if when.is_exact_instance_of::<pyo3::types::PyFloat>() {
+            None
+        } else {
+            Some(when.clone().unbind())
+        };
+        Loop::schedule_timer(slf, when_f, when_obj, callback, args, context, "call_at")
     }
 
     fn _timer_handle_cancelled(&mut self, handle: &Bound<'_, PyAny>) {
@@ -720,6 +726,7 @@ impl Loop {
     fn schedule_timer(
         slf: &Bound<'_, Loop>,
         when: f64,
+        when_obj: Option<Py<PyAny>>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
@@ -731,6 +738,7 @@ impl Loop {
             py,
             PyClassInitializer::from(base).add_subclass(TimerHandle {
                 when,
+                when_obj,
                 scheduled: std::sync::atomic::AtomicBool::new(true),
             }),
         )?;

@@ -71,8 +71,28 @@ fn patch(tp: *mut ffi::PyTypeObject, store: &OnceLock<Dealloc>, replacement: Dea
             if store.set(orig).is_ok() {
                 (*tp).tp_dealloc = Some(replacement);
                 (*tp).tp_finalize = Some(finalize);
+                // Python subclasses inherit tp_finalize only with this flag
+                // (their subtype_dealloc then runs it).
+                (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_FINALIZE;
                 ffi::PyType_Modified(tp);
             }
+        }
+    }
+}
+
+/// Gives a Python subclass of Future/Task our finalizer. CPython does not
+/// copy `tp_finalize` into subclasses that lack the (legacy) finalize flag,
+/// and their `subtype_dealloc` only calls the slot of their own type.
+pub fn adopt_subclass(cls: &Bound<'_, pyo3::types::PyType>) {
+    let tp = cls.as_type_ptr();
+    // SAFETY: `cls` is a live, fully created heap type (called from
+    // `__init_subclass__`, with the GIL); a type with its own `__del__`
+    // keeps it (slot_tp_finalize), so only an empty slot is filled.
+    unsafe {
+        if (*tp).tp_finalize.is_none() {
+            (*tp).tp_finalize = Some(finalize);
+            (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_FINALIZE;
+            ffi::PyType_Modified(tp);
         }
     }
 }

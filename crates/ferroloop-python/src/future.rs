@@ -79,7 +79,8 @@ pub struct Future {
     result: Option<Py<PyAny>>,
     exception: Option<Py<PyAny>>,
     exception_tb: Option<Py<PyAny>>,
-    pub(crate) lp: Py<PyAny>,
+    /// `None` until `__init__` ran (a subclass may skip it, as asyncio allows).
+    lp_opt: Option<Py<PyAny>>,
     /// `lp` is ferroloop's loop: schedule without Python calls.
     pub(crate) native_loop: bool,
     callbacks: Vec<DoneCallback>,
@@ -94,6 +95,18 @@ pub struct Future {
 /// The Python class `Task`: a [`Future`] whose `task` field is set.
 #[pyclass(module = "ferroloop._ferroloop", name = "Task", extends = Future, subclass)]
 pub struct Task;
+
+/// The exact native Future or Task type (not a Python subclass, whose
+/// overridden methods must be called): the C Task's `Future_CheckExact`.
+fn native_exact<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, Future>> {
+    let py = obj.py();
+    let ty = obj.get_type();
+    if ty.is(Future::type_object(py)) || ty.is(Task::type_object(py)) {
+        obj.cast::<Future>().ok()
+    } else {
+        None
+    }
+}
 
 fn runtime(msg: impl Into<String>) -> PyErr {
     PyRuntimeError::new_err(msg.into())
@@ -122,7 +135,7 @@ impl Future {
             result: None,
             exception: None,
             exception_tb: None,
-            lp: lp.clone().unbind(),
+            lp_opt: Some(lp.clone().unbind()),
             native_loop,
             callbacks: Vec::new(),
             cancel_message: None,
@@ -138,6 +151,44 @@ impl Future {
     pub(crate) fn create<'py>(lp: &Bound<'py, PyAny>, debug: bool) -> PyResult<Bound<'py, Future>> {
         let py = lp.py();
         Bound::new(py, Future::new_pending(py, lp, debug)?)
+    }
+
+    /// The future's loop; RuntimeError if `__init__` never ran.
+    pub(crate) fn lp(&self) -> PyResult<&Py<PyAny>> {
+        self.lp_opt
+            .as_ref()
+            .ok_or_else(|| runtime("Future object is not initialized."))
+    }
+
+    /// A future/task created by `__new__` alone (no loop yet).
+    fn blank(task: bool) -> Self {
+        Python::attach(|py| Future {
+            state: State::Pending,
+            result: None,
+            exception: None,
+            exception_tb: None,
+            lp_opt: None,
+            native_loop: false,
+            callbacks: Vec::new(),
+            cancel_message: None,
+            cancelled_exc: None,
+            source_traceback: None,
+            blocking: false,
+            log_traceback: false,
+            task: task.then(|| {
+                Box::new(TaskFields {
+                    coro: py.None(),
+                    context: py.None(),
+                    name: None,
+                    seq: 0,
+                    must_cancel: false,
+                    fut_waiter: None,
+                    num_cancels_requested: 0,
+                    log_destroy_pending: false,
+                    started: false,
+                })
+            }),
+        })
     }
 
     fn task(&self) -> &TaskFields {
@@ -163,7 +214,7 @@ fn schedule_callbacks(fut: &Bound<'_, Future>) -> PyResult<()> {
         }
         (
             std::mem::take(&mut f.callbacks),
-            f.lp.clone_ref(fut.py()),
+            f.lp()?.clone_ref(fut.py()),
             f.native_loop,
         )
     };
@@ -212,8 +263,8 @@ fn schedule_one(
     }
 }
 
-fn check_initialized(_fut: &Future) -> PyResult<()> {
-    Ok(())
+fn check_initialized(fut: &Future) -> PyResult<()> {
+    fut.lp().map(|_| ())
 }
 
 pub(crate) fn fut_set_result(fut: &Bound<'_, Future>, value: Py<PyAny>) -> PyResult<()> {
@@ -239,6 +290,7 @@ pub(crate) fn fut_set_exception(
     let py = fut.py();
     {
         let f = fut.borrow();
+        check_initialized(&f)?;
         if f.state != State::Pending {
             // The C Future's message (asyncio's default implementation).
             drop(f);
@@ -283,6 +335,7 @@ pub(crate) fn fut_set_exception(
 pub(crate) fn fut_cancel(fut: &Bound<'_, Future>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
     {
         let mut f = fut.borrow_mut();
+        check_initialized(&f)?;
         f.log_traceback = false;
         if f.state != State::Pending {
             return Ok(false);
@@ -349,11 +402,12 @@ pub(crate) fn fut_result(fut: &Bound<'_, Future>) -> PyResult<Py<PyAny>> {
 pub(crate) fn fut_add_callback(fut: &Bound<'_, Future>, cb: DoneCallback) -> PyResult<()> {
     let (lp, native) = {
         let mut f = fut.borrow_mut();
+        check_initialized(&f)?;
         if f.state == State::Pending {
             f.callbacks.push(cb);
             return Ok(());
         }
-        (f.lp.clone_ref(fut.py()), f.native_loop)
+        (f.lp()?.clone_ref(fut.py()), f.native_loop)
     };
     schedule_one(lp.bind(fut.py()), native, fut, cb)
 }
@@ -453,7 +507,7 @@ pub(crate) fn schedule_step(task: &Bound<'_, Future>, exc: Option<Py<PyAny>>) ->
     let (lp, native, ctx) = {
         let f = task.borrow();
         (
-            f.lp.clone_ref(py),
+            f.lp()?.clone_ref(py),
             f.native_loop,
             f.task().context.clone_ref(py),
         )
@@ -560,7 +614,7 @@ pub(crate) fn task_step(task: &Bound<'_, Future>, exc: Option<Bound<'_, PyAny>>)
     }
     let (coro, lp) = {
         let mut f = task.borrow_mut();
-        let lp = f.lp.clone_ref(py);
+        let lp = f.lp()?.clone_ref(py);
         let t = f.task_mut();
         let waiter = t.fut_waiter.take();
         let coro = t.coro.clone_ref(py);
@@ -632,11 +686,11 @@ fn handle_yield<'py>(
     result: Bound<'py, PyAny>,
 ) -> PyResult<()> {
     let py = task.py();
-    if let Ok(fut) = result.cast::<Future>() {
+    if let Some(fut) = native_exact(&result) {
         // Native future (or task): no attribute lookups, no bound method.
         let (same_loop, blocking) = {
             let f = fut.borrow();
-            (f.lp.bind(py).is(lp), f.blocking)
+            (f.lp()?.bind(py).is(lp), f.blocking)
         };
         if !same_loop {
             return step_with_error(
@@ -772,7 +826,7 @@ fn after_wait(task: &Bound<'_, Future>, waiter: Bound<'_, PyAny>) -> PyResult<()
 /// `fut.cancel(msg=msg)` on any future.
 fn cancel_other(fut: &Bound<'_, PyAny>, msg: Option<Py<PyAny>>) -> PyResult<bool> {
     let py = fut.py();
-    if let Ok(f) = fut.cast::<Future>() {
+    if let Some(f) = native_exact(fut) {
         if f.borrow().task.is_some() {
             return task_cancel(f, msg);
         }
@@ -787,9 +841,9 @@ fn cancel_other(fut: &Bound<'_, PyAny>, msg: Option<Py<PyAny>>) -> PyResult<bool
 /// asyncio's `Task.__wakeup(fut)`.
 pub(crate) fn task_wakeup(task: &Bound<'_, Future>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = task.py();
-    let res = match fut.cast::<Future>() {
-        Ok(f) => fut_result(f).map(|_| ()),
-        Err(_) => fut.call_method0(intern!(py, "result")).map(|_| ()),
+    let res = match native_exact(fut) {
+        Some(f) => fut_result(f).map(|_| ()),
+        None => fut.call_method0(intern!(py, "result")).map(|_| ()),
     };
     match res {
         Ok(()) => task_step(task, None),
@@ -1010,6 +1064,8 @@ impl FutureIter {
         self.step(py)
     }
 
+    /// Raises into the awaiting frame, with the argument rules of the C
+    /// FutureIter (`throw(type[, value[, traceback]])`).
     #[pyo3(signature = (typ, val=None, tb=None))]
     fn throw(
         &mut self,
@@ -1018,26 +1074,45 @@ impl FutureIter {
         val: Option<&Bound<'_, PyAny>>,
         tb: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        self.fut = None;
-        let exc = if let Ok(t) = typ.cast::<PyType>() {
+        let val = val.filter(|v| !v.is_none());
+        let tb = tb.filter(|t| !t.is_none());
+        if let Some(t) = tb {
+            if !t.is_instance_of::<pyo3::types::PyTraceback>() {
+                return Err(PyTypeError::new_err(
+                    "throw() third argument must be a traceback",
+                ));
+            }
+        }
+        let base = py.get_type::<pyo3::exceptions::PyBaseException>();
+        let exc_class = typ
+            .cast::<PyType>()
+            .ok()
+            .filter(|t| t.is_subclass(&base).unwrap_or(false));
+        let exc = if let Some(t) = exc_class {
             match val {
                 Some(v) if v.is_instance(t)? => v.clone(),
-                Some(v) if !v.is_none() => t.call1((v,))?,
-                _ => t.call0()?,
+                Some(v) => match v.cast::<PyTuple>() {
+                    Ok(args) => t.call1(args.clone())?,
+                    Err(_) => t.call1((v,))?,
+                },
+                None => t.call0()?,
             }
-        } else {
+        } else if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            if val.is_some() {
+                return Err(PyTypeError::new_err(
+                    "instance exception may not have a separate value",
+                ));
+            }
             typ.clone()
-        };
-        if !exc.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+        } else {
             return Err(PyTypeError::new_err(
-                "exceptions must derive from BaseException",
+                "exceptions must be classes deriving BaseException or instances of such a class",
             ));
-        }
+        };
         if let Some(tb) = tb {
-            if !tb.is_none() {
-                exc.setattr(intern!(py, "__traceback__"), tb)?;
-            }
+            exc.setattr(intern!(py, "__traceback__"), tb)?;
         }
+        self.fut = None;
         Err(PyErr::from_value(exc))
     }
 
@@ -1069,20 +1144,36 @@ fn opt_clone(py: Python<'_>, v: &Option<Py<PyAny>>) -> Py<PyAny> {
 
 #[pymethods]
 impl Future {
+    /// Allocates an uninitialized future; `__init__` attaches it to a loop
+    /// (a subclass that skips `super().__init__()` gets "not initialized"
+    /// errors, as with asyncio's C Future).
     #[new]
+    #[pyo3(signature = (*args, **kwargs))]
+    fn py_new(args: &Bound<'_, PyTuple>, kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> Self {
+        let _ = (args, kwargs);
+        Future::blank(false)
+    }
+
     #[pyo3(signature = (*, r#loop=None))]
-    fn py_new(py: Python<'_>, r#loop: Option<Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn __init__(slf: &Bound<'_, Self>, r#loop: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+        let py = slf.py();
         let lp = match r#loop {
             Some(l) if !l.is_none() => l,
             _ => imports(py)?.get_event_loop.bind(py).call0()?,
         };
         let debug = loop_debug(&lp)?;
-        Future::new_pending(py, &lp, debug)
+        let fresh = Future::new_pending(py, &lp, debug)?;
+        let old = std::mem::replace(&mut *slf.borrow_mut(), fresh);
+        drop(old);
+        Ok(())
     }
 
-    #[pyo3(signature = (*, r#loop=None))]
-    fn __init__(&self, r#loop: Option<Bound<'_, PyAny>>) {
-        let _ = r#loop;
+    /// Subclasses keep the "never retrieved" / "destroyed pending" logs.
+    #[classmethod]
+    #[pyo3(signature = (**kwargs))]
+    fn __init_subclass__(cls: &Bound<'_, PyType>, kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) {
+        let _ = kwargs;
+        crate::finalize::adopt_subclass(cls);
     }
 
     #[classmethod]
@@ -1185,6 +1276,7 @@ impl Future {
 
     fn remove_done_callback(slf: &Bound<'_, Self>, r#fn: &Bound<'_, PyAny>) -> PyResult<usize> {
         let py = slf.py();
+        check_initialized(&slf.borrow())?;
         let callbacks = std::mem::take(&mut slf.borrow_mut().callbacks);
         let before = callbacks.len();
         let mut kept = Vec::with_capacity(before);
@@ -1221,8 +1313,8 @@ impl Future {
         }
     }
 
-    fn get_loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.lp.clone_ref(py)
+    fn get_loop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.lp()?.clone_ref(py))
     }
 
     fn __await__(slf: &Bound<'_, Self>) -> FutureIter {
@@ -1276,7 +1368,7 @@ impl Future {
 
     #[getter]
     fn _loop(&self, py: Python<'_>) -> Py<PyAny> {
-        self.lp.clone_ref(py)
+        opt_clone(py, &self.lp_opt)
     }
 
     /// Like the C Future: `None` when no callback is registered.
@@ -1360,7 +1452,9 @@ impl Future {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.lp)?;
+        if let Some(l) = &self.lp_opt {
+            visit.call(l)?;
+        }
         for v in [
             &self.result,
             &self.exception,
@@ -1417,17 +1511,16 @@ impl Future {
 
 #[pymethods]
 impl Task {
+    /// Allocates an uninitialized task; `__init__` does the work (so a
+    /// subclass can run code before it, as with asyncio's C Task).
     #[new]
-    #[pyo3(signature = (coro, *, r#loop=None, name=None, context=None))]
+    #[pyo3(signature = (*args, **kwargs))]
     fn py_new(
-        py: Python<'_>,
-        coro: &Bound<'_, PyAny>,
-        r#loop: Option<Bound<'_, PyAny>>,
-        name: Option<Bound<'_, PyAny>>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<PyClassInitializer<Self>> {
-        let state = new_task_state(py, coro, r#loop.as_ref(), name.as_ref(), context.as_ref())?;
-        Ok(PyClassInitializer::from(state).add_subclass(Task))
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyClassInitializer<Self> {
+        let _ = (args, kwargs);
+        PyClassInitializer::from(Future::blank(true)).add_subclass(Task)
     }
 
     #[pyo3(signature = (coro, *, r#loop=None, name=None, context=None))]
@@ -1438,7 +1531,10 @@ impl Task {
         name: Option<Bound<'_, PyAny>>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let _ = (coro, r#loop, name, context);
+        let py = slf.py();
+        let state = new_task_state(py, coro, r#loop.as_ref(), name.as_ref(), context.as_ref())?;
+        let old = std::mem::replace(&mut *slf.as_super().borrow_mut(), state);
+        drop(old);
         start_task(slf)
     }
 
@@ -1605,6 +1701,9 @@ pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
         let Ok(f) = obj.try_borrow() else {
             return Ok(());
         };
+        if f.lp_opt.is_none() {
+            return Ok(());
+        }
         let pending_log = f.state == State::Pending
             && f.task
                 .as_ref()
@@ -1613,7 +1712,7 @@ pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
             f.task.is_some(),
             pending_log,
             f.log_traceback,
-            f.lp.clone_ref(py),
+            f.lp()?.clone_ref(py),
             f.source_traceback.as_ref().map(|t| t.clone_ref(py)),
             f.exception.as_ref().map(|e| e.clone_ref(py)),
         )

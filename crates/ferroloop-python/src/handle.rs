@@ -283,6 +283,8 @@ impl Handle {
 #[pyclass(module = "asyncio.events", name = "TimerHandle", extends = Handle, subclass, frozen)]
 pub struct TimerHandle {
     pub(crate) when: f64,
+    /// The deadline exactly as given (`call_at(10)` reports `when() == 10`).
+    pub(crate) when_obj: Option<Py<PyAny>>,
     pub(crate) scheduled: AtomicBool,
 }
 
@@ -292,7 +294,7 @@ impl TimerHandle {
     #[pyo3(signature = (when, callback, args, loop_, context=None))]
     fn py_new(
         py: Python<'_>,
-        when: f64,
+        when: &Bound<'_, PyAny>,
         callback: Py<PyAny>,
         args: Py<PyAny>,
         loop_: Py<PyAny>,
@@ -300,18 +302,22 @@ impl TimerHandle {
     ) -> PyResult<PyClassInitializer<Self>> {
         let base = Handle::py_new(py, callback, args, loop_, context)?;
         Ok(PyClassInitializer::from(base).add_subclass(TimerHandle {
-            when,
+            when: when.extract()?,
+            when_obj: Some(when.clone().unbind()),
             scheduled: AtomicBool::new(false),
         }))
     }
 
-    fn when(&self) -> f64 {
-        self.when
+    fn when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.when_obj {
+            Some(w) => Ok(w.clone_ref(py)),
+            None => Ok(self.when.into_pyobject(py)?.into_any().unbind()),
+        }
     }
 
     #[getter]
-    fn _when(&self) -> f64 {
-        self.when
+    fn _when(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.when(py)
     }
 
     #[getter]
