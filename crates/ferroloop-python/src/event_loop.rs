@@ -331,31 +331,14 @@ impl Loop {
     }
 }
 
-/// The checks of asyncio's debug-mode `_check_callback`, done always but
-/// cheaply: coroutine objects and `async def` functions (plain or bound)
-/// are refused with asyncio's message, then anything not callable.
+/// The cheap part of asyncio's debug-mode `_check_callback`, done always:
+/// a coroutine object, or anything not callable, is refused with asyncio's
+/// message. (Recognising `async def` functions needs attribute lookups on
+/// every call; that part runs in debug mode only, as in asyncio.)
 fn check_callback_fast(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-    let py = callback.py();
-    // SAFETY: type checks only read the object's type.
-    let is_coro_obj = unsafe { pyo3::ffi::PyCoro_CheckExact(callback.as_ptr()) } != 0;
-    let is_coro_fn = || -> PyResult<bool> {
-        let func = match callback.getattr_opt(intern!(py, "__func__"))? {
-            Some(f) if !callback.is_instance_of::<pyo3::types::PyCFunction>() => f,
-            _ => callback.clone(),
-        };
-        if !func.is_instance_of::<pyo3::types::PyFunction>() {
-            return Ok(false);
-        }
-        let flags: u32 = func
-            .getattr(intern!(py, "__code__"))?
-            .getattr(intern!(py, "co_flags"))?
-            .extract()?;
-        Ok(flags & 0x80 != 0) // CO_COROUTINE
-    };
-    if is_coro_obj || (!callback.is_instance_of::<pyo3::types::PyCFunction>() && is_coro_fn()?) {
-        return Err(PyTypeError::new_err(format!(
-            "coroutines cannot be used with {method}()"
-        )));
+    // SAFETY: a type check only reads the object's type.
+    if unsafe { pyo3::ffi::PyCoro_CheckExact(callback.as_ptr()) } != 0 {
+        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
     }
     if !callback.is_callable() {
         return Err(PyTypeError::new_err(format!(

@@ -23,7 +23,13 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
     // tp_finalize is called with the GIL held. `attach` (not
     // `assume_attached`) also tells PyO3 so: otherwise reference drops in
     // here would be deferred, and the GC would see the object resurrected.
-    Python::attach(|py| finalize_attached(py, obj));
+    // During interpreter shutdown PyO3 refuses to attach (and a panic here
+    // could not unwind): skip the report, as a failing `__del__` would.
+    // SAFETY: Py_IsInitialized only reads interpreter state.
+    if unsafe { ffi::Py_IsInitialized() } == 0 {
+        return;
+    }
+    let _ = std::panic::catch_unwind(|| Python::attach(|py| finalize_attached(py, obj)));
 }
 
 fn finalize_attached(py: Python<'_>, obj: *mut ffi::PyObject) {

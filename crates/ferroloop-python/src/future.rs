@@ -73,7 +73,8 @@ pub(crate) struct TaskFields {
 
 static TASK_COUNTER: AtomicU64 = AtomicU64::new(1);
 
-#[pyclass(module = "ferroloop._ferroloop", name = "Future", subclass, weakref)]
+// `dict`: like the C Future, instances accept attribute assignment.
+#[pyclass(module = "ferroloop._ferroloop", name = "Future", subclass, weakref, dict)]
 pub struct Future {
     pub(crate) state: State,
     result: Option<Py<PyAny>>,

@@ -1,0 +1,1 @@
+"""Conformance harness: CPython's test.test_asyncio run against ferroloop."""

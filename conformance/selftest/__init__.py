@@ -1,0 +1,1 @@
+"""Self-test of the harness mechanics (watchdog, crash restart, counting)."""
