@@ -338,7 +338,9 @@ impl Loop {
 fn check_callback_fast(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
     // SAFETY: a type check only reads the object's type.
     if unsafe { pyo3::ffi::PyCoro_CheckExact(callback.as_ptr()) } != 0 {
-        return Err(PyTypeError::new_err(format!("coroutines cannot be used with {method}()")));
+        return Err(PyTypeError::new_err(format!(
+            "coroutines cannot be used with {method}()"
+        )));
     }
     if !callback.is_callable() {
         return Err(PyTypeError::new_err(format!(

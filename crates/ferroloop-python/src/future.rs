@@ -74,7 +74,13 @@ pub(crate) struct TaskFields {
 static TASK_COUNTER: AtomicU64 = AtomicU64::new(1);
 
 // `dict`: like the C Future, instances accept attribute assignment.
-#[pyclass(module = "ferroloop._ferroloop", name = "Future", subclass, weakref, dict)]
+#[pyclass(
+    module = "ferroloop._ferroloop",
+    name = "Future",
+    subclass,
+    weakref,
+    dict
+)]
 pub struct Future {
     pub(crate) state: State,
     result: Option<Py<PyAny>>,
