@@ -39,7 +39,6 @@ test: build ## everything: lint, cargo test, pytest, seeds, fast conformance sub
 	$(MAKE) lint
 	cargo test --workspace -q
 	$(VPY) -m pytest -q -p no:cacheprovider
-	PYTHONASYNCIODEBUG=1 $(VPY) -m pytest -q -p no:cacheprovider -x tests/test_futures.py tests/test_tasks.py
 	$(VPY) examples/demo.py --quick
 	$(VPY) -m conformance.run --fast
 
