@@ -50,6 +50,15 @@ def check(cond: bool, what: str) -> None:
 # Each workload: fn(loop, n) -> elapsed seconds of the timed part.
 
 
+def run_timed(loop, coro, expected, what: str) -> float:
+    """Times `run_until_complete(coro)` and checks its result is `expected`."""
+    t0 = perf_counter()
+    r = loop.run_until_complete(coro)
+    t = perf_counter() - t0
+    check(r == expected, f"{what}: {r!r} != {expected!r}")
+    return t
+
+
 def call_soon_chain(loop, n):
     """n chained call_soon: each callback schedules the next; the last stops the loop."""
     count = 0
@@ -119,12 +128,7 @@ def sleep0(loop, n):
             await asyncio.sleep(0)
         return n
 
-    coro = main()
-    t0 = perf_counter()
-    r = loop.run_until_complete(coro)
-    t = perf_counter() - t0
-    check(r == n, "result")
-    return t
+    return run_timed(loop, main(), n, "result")
 
 
 def future_roundtrip(loop, n):
@@ -140,12 +144,7 @@ def future_roundtrip(loop, n):
             total += await fut
         return total
 
-    coro = main()
-    t0 = perf_counter()
-    r = loop.run_until_complete(coro)
-    t = perf_counter() - t0
-    check(r == n * (n - 1) // 2, f"sum {r}")
-    return t
+    return run_timed(loop, main(), n * (n - 1) // 2, "sum")
 
 
 def gather_tasks(loop, n):
@@ -159,12 +158,7 @@ def gather_tasks(loop, n):
         res = await asyncio.gather(*tasks)
         return sum(res)
 
-    coro = main()
-    t0 = perf_counter()
-    r = loop.run_until_complete(coro)
-    t = perf_counter() - t0
-    check(r == n * (n - 1) // 2, f"sum {r}")
-    return t
+    return run_timed(loop, main(), n * (n - 1) // 2, "sum")
 
 
 def queue_pingpong(loop, n):
@@ -188,12 +182,7 @@ def queue_pingpong(loop, n):
         await p
         return total
 
-    coro = main()
-    t0 = perf_counter()
-    r = loop.run_until_complete(coro)
-    t = perf_counter() - t0
-    check(r == n * (n - 1) // 2, f"sum {r}")
-    return t
+    return run_timed(loop, main(), n * (n - 1) // 2, "sum")
 
 
 def many_tasks_sleep0(loop, n):
@@ -207,12 +196,7 @@ def many_tasks_sleep0(loop, n):
     async def main():
         return sum(await asyncio.gather(*[asyncio.create_task(worker()) for _ in range(n)]))
 
-    coro = main()
-    t0 = perf_counter()
-    r = loop.run_until_complete(coro)
-    t = perf_counter() - t0
-    check(r == n, "count")
-    return t
+    return run_timed(loop, main(), n, "count")
 
 
 def floor(_loop, n):

@@ -23,7 +23,7 @@ use pyo3::types::{PyDict, PyTuple};
 
 use crate::future::{self, Future, TaskStepMethWrapper, TaskWakeup};
 use crate::handle::{report_callback_error, Handle, TimerEntry, TimerHandle};
-use crate::util::{copy_context, extract_stack, imports, in_context, is_exit_exception};
+use crate::util::{extract_stack, imports, in_context, is_exit_exception};
 
 /// A unit of work in the ready queue.
 pub enum Ready {
@@ -293,12 +293,16 @@ impl Loop {
         Ok(())
     }
 
+    /// Validates a callback like asyncio's `call_soon`/`call_at` and builds
+    /// its Handle. `check_thread`: debug mode also checks the calling thread
+    /// (every scheduling method but `call_soon_threadsafe`).
     fn make_handle(
         slf: &Bound<'_, Loop>,
         callback: &Bound<'_, PyAny>,
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
         method: &str,
+        check_thread: bool,
     ) -> PyResult<Handle> {
         let py = slf.py();
         let debug = {
@@ -307,27 +311,21 @@ impl Loop {
             s.debug
         };
         if debug {
-            slf.call_method1(intern!(py, "_check_thread"), ())?;
+            if check_thread {
+                slf.call_method1(intern!(py, "_check_thread"), ())?;
+            }
             slf.call_method1(intern!(py, "_check_callback"), (callback, method))?;
         } else {
             check_callback_fast(callback, method)?;
         }
-        let ctx = match context {
-            Some(c) if !c.is_none() => c,
-            _ => copy_context(py)?,
-        };
-        let tb = if debug {
-            Some(extract_stack(py)?)
-        } else {
-            None
-        };
-        Ok(Handle::new(
+        Handle::with_defaults(
+            py,
             callback.clone().unbind(),
             args.clone().unbind(),
             slf.clone().into_any().unbind(),
-            ctx.unbind(),
-            tb,
-        ))
+            context.map(Bound::unbind),
+            debug,
+        )
     }
 }
 
@@ -402,7 +400,7 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         let h = Py::new(
             slf.py(),
-            Loop::make_handle(slf, callback, args, context, "call_soon")?,
+            Loop::make_handle(slf, callback, args, context, "call_soon", true)?,
         )?;
         slf.borrow_mut()
             .ready
@@ -418,38 +416,9 @@ impl Loop {
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
-        let debug = {
-            let s = slf.borrow();
-            s.check_closed()?;
-            s.debug
-        };
-        if debug {
-            slf.call_method1(
-                intern!(py, "_check_callback"),
-                (callback, "call_soon_threadsafe"),
-            )?;
-        } else {
-            check_callback_fast(callback, "call_soon_threadsafe")?;
-        }
-        let ctx = match context {
-            Some(c) if !c.is_none() => c,
-            _ => copy_context(py)?,
-        };
-        let tb = if debug {
-            Some(extract_stack(py)?)
-        } else {
-            None
-        };
-        let h = Py::new(
-            py,
-            Handle::new(
-                callback.clone().unbind(),
-                args.clone().unbind(),
-                slf.clone().into_any().unbind(),
-                ctx.unbind(),
-                tb,
-            ),
-        )?;
+        let handle =
+            Loop::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?;
+        let h = Py::new(py, handle)?;
         let injector = Arc::clone(&slf.borrow().injector);
         injector
             .push(Ready::Handle(h.clone_ref(py)))
@@ -718,7 +687,7 @@ impl Loop {
         method: &str,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
-        let base = Loop::make_handle(slf, callback, args, context, method)?;
+        let base = Loop::make_handle(slf, callback, args, context, method, true)?;
         let th = Bound::new(
             py,
             PyClassInitializer::from(base).add_subclass(TimerHandle {

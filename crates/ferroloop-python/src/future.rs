@@ -693,84 +693,69 @@ fn handle_yield<'py>(
     result: Bound<'py, PyAny>,
 ) -> PyResult<()> {
     let py = task.py();
-    if let Some(fut) = native_exact(&result) {
-        // Native future (or task): no attribute lookups, no bound method.
-        let (same_loop, blocking) = {
+    let native = native_exact(&result);
+    // What asyncio reads off the yielded object: its loop and its
+    // `_asyncio_future_blocking` flag. Native futures: no attribute lookups.
+    let (same_loop, blocking) = match native {
+        Some(fut) => {
             let f = fut.borrow();
             (f.lp()?.bind(py).is(lp), f.blocking)
-        };
-        if !same_loop {
-            return step_with_error(
-                task,
-                format!(
-                    "Task {} got Future {} attached to a different loop",
-                    repr_of(task.as_any()),
-                    repr_of(&result)
-                ),
-            );
         }
-        if !blocking {
-            return step_with_error(
-                task,
-                format!(
-                    "yield was used instead of yield from in task {} with {}",
-                    repr_of(task.as_any()),
-                    repr_of(&result)
-                ),
-            );
+        None => {
+            if result.is_none() {
+                // Bare `yield` (asyncio.sleep(0)): run the next step soon.
+                return schedule_step(task, None);
+            }
+            match result.getattr_opt(intern!(py, "_asyncio_future_blocking"))? {
+                Some(b) if !b.is_none() => {
+                    let fut_loop = match result.getattr_opt(intern!(py, "get_loop"))? {
+                        Some(get_loop) => get_loop.call0()?,
+                        None => result.getattr(intern!(py, "_loop"))?,
+                    };
+                    (fut_loop.is(lp), b.is_truthy()?)
+                }
+                _ => return bad_yield(task, &result),
+            }
         }
-        if fut.is(task) {
-            return step_with_error(
-                task,
-                format!("Task cannot await on itself: {}", repr_of(task.as_any())),
-            );
-        }
-        fut.borrow_mut().blocking = false;
-        fut_add_callback(
-            fut,
-            DoneCallback::Wakeup {
-                task: task.clone().unbind(),
-            },
-        )?;
-        return after_wait(task, result);
+    };
+    if !same_loop {
+        return step_with_error(
+            task,
+            format!(
+                "Task {} got Future {} attached to a different loop",
+                repr_of(task.as_any()),
+                repr_of(&result)
+            ),
+        );
     }
-    if result.is_none() {
-        // Bare `yield` (asyncio.sleep(0)): run the next step soon.
-        return schedule_step(task, None);
+    if !blocking {
+        return step_with_error(
+            task,
+            format!(
+                "yield was used instead of yield from in task {} with {}",
+                repr_of(task.as_any()),
+                repr_of(&result)
+            ),
+        );
     }
-    let blocking = result.getattr_opt(intern!(py, "_asyncio_future_blocking"))?;
-    match blocking {
-        Some(b) if !b.is_none() => {
-            let fut_loop = match result.getattr_opt(intern!(py, "get_loop"))? {
-                Some(get_loop) => get_loop.call0()?,
-                None => result.getattr(intern!(py, "_loop"))?,
-            };
-            if !fut_loop.is(lp) {
-                return step_with_error(
-                    task,
-                    format!(
-                        "Task {} got Future {} attached to a different loop",
-                        repr_of(task.as_any()),
-                        repr_of(&result)
-                    ),
-                );
-            }
-            if !b.is_truthy()? {
-                return step_with_error(
-                    task,
-                    format!(
-                        "yield was used instead of yield from in task {} with {}",
-                        repr_of(task.as_any()),
-                        repr_of(&result)
-                    ),
-                );
-            }
-            if result.is(task) {
-                return step_with_error(
-                    task,
-                    format!("Task cannot await on itself: {}", repr_of(task.as_any())),
-                );
-            }
+    if result.is(task) {
+        return step_with_error(
+            task,
+            format!("Task cannot await on itself: {}", repr_of(task.as_any())),
+        );
+    }
+    match native {
+        Some(fut) => {
+            // No bound method: the wake-up is a `Ready::Wakeup` item.
+            fut.borrow_mut().blocking = false;
+            fut_add_callback(
+                fut,
+                DoneCallback::Wakeup {
+                    task: task.clone().unbind(),
+                },
+            )?;
+        }
+        None => {
             result.setattr(intern!(py, "_asyncio_future_blocking"), false)?;
             let ctx = task.borrow().task().context.clone_ref(py);
             let wakeup = Bound::new(
@@ -782,29 +767,30 @@ fn handle_yield<'py>(
             let kwargs = pyo3::types::PyDict::new(py);
             kwargs.set_item(intern!(py, "context"), ctx)?;
             result.call_method(intern!(py, "add_done_callback"), (wakeup,), Some(&kwargs))?;
-            after_wait(task, result)
         }
-        _ => {
-            if result.is_none() {
-                schedule_step(task, None)
-            } else if imports(py)?
-                .isgenerator
-                .bind(py)
-                .call1((&result,))?
-                .is_truthy()?
-            {
-                step_with_error(
-                    task,
-                    format!(
-                        "yield was used instead of yield from for generator in task {} with {}",
-                        repr_of(task.as_any()),
-                        repr_of(&result)
-                    ),
-                )
-            } else {
-                step_with_error(task, format!("Task got bad yield: {}", repr_of(&result)))
-            }
-        }
+    }
+    after_wait(task, result)
+}
+
+/// A yielded value that is neither None nor a future.
+fn bad_yield(task: &Bound<'_, Future>, result: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = task.py();
+    if imports(py)?
+        .isgenerator
+        .bind(py)
+        .call1((result,))?
+        .is_truthy()?
+    {
+        step_with_error(
+            task,
+            format!(
+                "yield was used instead of yield from for generator in task {} with {}",
+                repr_of(task.as_any()),
+                repr_of(result)
+            ),
+        )
+    } else {
+        step_with_error(task, format!("Task got bad yield: {}", repr_of(result)))
     }
 }
 

@@ -54,6 +54,28 @@ impl Handle {
         }
     }
 
+    /// asyncio's `Handle.__init__` defaults: a copy of the current context
+    /// when none (or None) is given, and a source traceback in debug mode.
+    pub(crate) fn with_defaults(
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Py<PyTuple>,
+        lp: Py<PyAny>,
+        context: Option<Py<PyAny>>,
+        debug: bool,
+    ) -> PyResult<Self> {
+        let context = match context {
+            Some(c) if !c.is_none(py) => c,
+            _ => crate::util::copy_context(py)?.unbind(),
+        };
+        let tb = if debug {
+            Some(crate::util::extract_stack(py)?)
+        } else {
+            None
+        };
+        Ok(Handle::new(callback, args, lp, context, tb))
+    }
+
     #[inline]
     pub(crate) fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)
@@ -170,16 +192,8 @@ impl Handle {
             .map_err(|_| PyTypeError::new_err("args must be a tuple"))?
             .clone()
             .unbind();
-        let context = match context {
-            Some(c) => c,
-            None => crate::util::copy_context(py)?.unbind(),
-        };
-        let tb = if loop_debug(loop_.bind(py))? {
-            Some(crate::util::extract_stack(py)?)
-        } else {
-            None
-        };
-        Ok(Handle::new(callback, args, loop_, context, tb))
+        let debug = loop_debug(loop_.bind(py))?;
+        Handle::with_defaults(py, callback, args, loop_, context, debug)
     }
 
     fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
