@@ -22,7 +22,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::future::{self, Future, TaskStepMethWrapper, TaskWakeup};
-use crate::handle::{report_callback_error, Handle, TimerEntry, TimerHandle};
+use crate::gc::Adopted;
+use crate::handle::{self, report_callback_error, Handle, TimerEntry, TimerHandle};
 use crate::util::{extract_stack, imports, in_context, is_exit_exception};
 
 /// A unit of work in the ready queue.
@@ -33,7 +34,7 @@ pub enum Ready {
     FutCallback {
         func: Py<PyAny>,
         fut: Py<PyAny>,
-        ctx: Py<PyAny>,
+        ctx: Adopted,
     },
     /// `task.__step(exc)` in the task's context.
     Step {
@@ -74,7 +75,17 @@ impl Loop {
             return Err(closed_error());
         }
         if !s.debug {
+            let pinned = match &item {
+                Ready::Step { task, .. } | Ready::Wakeup { task, .. } => {
+                    Some(task.clone_ref(slf.py()))
+                }
+                _ => None,
+            };
             s.ready.push(item);
+            drop(s);
+            if let Some(t) = pinned {
+                future::pin_task(t.bind(slf.py()));
+            }
             return Ok(());
         }
         drop(s);
@@ -94,11 +105,11 @@ impl Loop {
         } else {
             None
         };
-        let (cb, args, ctx): (Py<PyAny>, Py<PyTuple>, Py<PyAny>) = match item {
+        let (cb, args, ctx): (Py<PyAny>, Py<PyTuple>, Adopted) = match item {
             Ready::Handle(h) => return Ok(h),
             Ready::FutCallback { func, fut, ctx } => (func, PyTuple::new(py, [fut])?.unbind(), ctx),
             Ready::Step { task, exc } => {
-                let ctx = task_context(py, &task);
+                let ctx = Adopted::shared(task_context(py, &task));
                 (
                     Py::new(py, TaskStepMethWrapper { task, exc })?.into_any(),
                     PyTuple::empty(py).unbind(),
@@ -106,7 +117,7 @@ impl Loop {
                 )
             }
             Ready::Wakeup { task, fut } => {
-                let ctx = task_context(py, &task);
+                let ctx = Adopted::shared(task_context(py, &task));
                 (
                     Py::new(py, TaskWakeup { task })?.into_any(),
                     PyTuple::new(py, [fut])?.unbind(),
@@ -146,6 +157,9 @@ impl Loop {
                 && !s.injector.is_notified();
             (timeout, if idle_poll { None } else { s.reactor.take() })
         };
+        for e in &purged {
+            handle::unpin(e.base.bind(py).as_any());
+        }
         drop(purged);
         if let Some(mut reactor) = reactor {
             let polled = if timeout == Some(Duration::ZERO) {
@@ -190,6 +204,7 @@ impl Loop {
         match item {
             Ready::Handle(h) => {
                 let h = h.into_bound(py);
+                handle::unpin(h.as_any());
                 if h.get().is_cancelled() {
                     return Ok(());
                 }
@@ -201,7 +216,7 @@ impl Loop {
             Ready::FutCallback { func, fut, ctx } => {
                 let func = func.into_bound(py);
                 let fut = fut.into_bound(py);
-                let r = in_context(ctx.bind(py), || func.call1((&fut,)).map(|_| ()));
+                let r = in_context(ctx.inner().bind(py), || func.call1((&fut,)).map(|_| ()));
                 match r {
                     Ok(()) => Ok(()),
                     Err(e) if is_exit_exception(py, &e) => Err(e),
@@ -235,19 +250,23 @@ impl Loop {
                 let r = in_context(ctx.bind(py), || {
                     future::task_step(t, exc.as_ref().map(|e| e.bind(py).clone()))
                 });
-                Loop::report_item_error(slf, r, || Ready::Step {
+                let r = Loop::report_item_error(slf, r, || Ready::Step {
                     task: task.clone_ref(py),
                     exc,
-                })
+                });
+                future::unpin_task(t);
+                r
             }
             Ready::Wakeup { task, fut } => {
                 let t = task.bind(py);
                 let ctx = task_context(py, &task);
                 let r = in_context(ctx.bind(py), || future::task_wakeup(t, fut.bind(py)));
-                Loop::report_item_error(slf, r, || Ready::Wakeup {
+                let r = Loop::report_item_error(slf, r, || Ready::Wakeup {
                     task: task.clone_ref(py),
                     fut,
-                })
+                });
+                future::unpin_task(t);
+                r
             }
         }
     }
@@ -355,7 +374,7 @@ fn task_context(py: Python<'_>, task: &Py<Future>) -> Py<PyAny> {
         .borrow()
         .task
         .as_ref()
-        .map(|t| t.context.clone_ref(py))
+        .map(|t| t.context.inner().clone_ref(py))
         .expect("Ready::Step/Wakeup hold tasks")
 }
 
@@ -398,13 +417,16 @@ impl Loop {
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
         let h = Py::new(
-            slf.py(),
+            py,
             Loop::make_handle(slf, callback, args, context, "call_soon", true)?,
         )?;
-        slf.borrow_mut()
-            .ready
-            .push(Ready::Handle(h.clone_ref(slf.py())));
+        let mut s = slf.borrow_mut();
+        if !s.debug {
+            handle::pin(h.bind(py).as_any());
+        }
+        s.ready.push(Ready::Handle(h.clone_ref(py)));
         Ok(h)
     }
 
@@ -419,7 +441,13 @@ impl Loop {
         let handle =
             Loop::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?;
         let h = Py::new(py, handle)?;
-        let injector = Arc::clone(&slf.borrow().injector);
+        let injector = {
+            let s = slf.borrow();
+            if !s.debug {
+                handle::pin(h.bind(py).as_any());
+            }
+            Arc::clone(&s.injector)
+        };
         injector
             .push(Ready::Handle(h.clone_ref(py)))
             .map_err(|e| PyOSError::new_err(e.to_string()))?;
@@ -655,6 +683,19 @@ impl Loop {
             let injected = s.injector.drain();
             (ready, timers, injected)
         };
+        let py = slf.py();
+        for item in ready.iter().chain(injected.iter()) {
+            match item {
+                Ready::Handle(h) => handle::unpin(h.bind(py).as_any()),
+                Ready::Step { task, .. } | Ready::Wakeup { task, .. } => {
+                    future::unpin_task(task.bind(py))
+                }
+                Ready::FutCallback { .. } => {}
+            }
+        }
+        for e in &timers {
+            handle::unpin(e.base.bind(py).as_any());
+        }
         drop((ready, timers, injected));
         Ok(())
     }
@@ -700,7 +741,12 @@ impl Loop {
             base: th.as_super().clone().unbind(),
             timer: th.clone().unbind(),
         };
-        slf.borrow_mut().timers.push(when, entry);
+        let mut s = slf.borrow_mut();
+        if !s.debug {
+            handle::pin(th.as_any());
+        }
+        s.timers.push(when, entry);
+        drop(s);
         Ok(th.unbind())
     }
 }

@@ -12,12 +12,15 @@ use std::sync::OnceLock;
 use pyo3::prelude::*;
 use pyo3::{ffi, PyTypeInfo};
 
-use crate::future::{finalize_report, Future, Task};
+use crate::future::{clear_task_refs, finalize_report, Future, Task};
 
 type Dealloc = unsafe extern "C" fn(*mut ffi::PyObject);
+type Clear = unsafe extern "C" fn(*mut ffi::PyObject) -> std::ffi::c_int;
 
 static FUTURE_DEALLOC: OnceLock<Dealloc> = OnceLock::new();
 static TASK_DEALLOC: OnceLock<Dealloc> = OnceLock::new();
+static FUTURE_CLEAR: OnceLock<Clear> = OnceLock::new();
+static TASK_CLEAR: OnceLock<Clear> = OnceLock::new();
 
 unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
     // tp_finalize is called with the GIL held. `attach` (not
@@ -68,6 +71,48 @@ unsafe extern "C" fn task_dealloc(obj: *mut ffi::PyObject) {
     unsafe { dealloc_with(obj, &TASK_DEALLOC) }
 }
 
+unsafe fn clear_with(obj: *mut ffi::PyObject, orig: &OnceLock<Clear>) -> std::ffi::c_int {
+    // SAFETY: called as tp_clear (GIL held, object alive); first PyO3's
+    // clear (`__clear__`, under a borrow), then the task's coroutine and
+    // context without one.
+    let rc = match orig.get() {
+        Some(f) => unsafe { f(obj) },
+        None => 0,
+    };
+    let _ = std::panic::catch_unwind(|| {
+        Python::attach(|py| {
+            // SAFETY: `obj` is alive for the duration of tp_clear.
+            let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
+            if let Ok(fut) = any.cast::<Future>() {
+                clear_task_refs(fut);
+            }
+        })
+    });
+    rc
+}
+
+unsafe extern "C" fn future_clear(obj: *mut ffi::PyObject) -> std::ffi::c_int {
+    // SAFETY: forwarded tp_clear contract.
+    unsafe { clear_with(obj, &FUTURE_CLEAR) }
+}
+
+unsafe extern "C" fn task_clear(obj: *mut ffi::PyObject) -> std::ffi::c_int {
+    // SAFETY: forwarded tp_clear contract.
+    unsafe { clear_with(obj, &TASK_CLEAR) }
+}
+
+fn patch_clear(tp: *mut ffi::PyTypeObject, store: &OnceLock<Clear>, replacement: Clear) {
+    // SAFETY: as in `patch`: our own heap type, before any instance exists.
+    unsafe {
+        if let Some(orig) = (*tp).tp_clear {
+            if store.set(orig).is_ok() {
+                (*tp).tp_clear = Some(replacement);
+                ffi::PyType_Modified(tp);
+            }
+        }
+    }
+}
+
 fn patch(tp: *mut ffi::PyTypeObject, store: &OnceLock<Dealloc>, replacement: Dealloc) {
     // SAFETY: `tp` is one of our own heap types, fully initialized, and no
     // instance exists yet (this runs during module init, with the GIL).
@@ -114,5 +159,11 @@ pub fn install(py: Python<'_>) -> PyResult<()> {
         &TASK_DEALLOC,
         task_dealloc,
     );
+    patch_clear(
+        Future::type_object(py).as_type_ptr(),
+        &FUTURE_CLEAR,
+        future_clear,
+    );
+    patch_clear(Task::type_object(py).as_type_ptr(), &TASK_CLEAR, task_clear);
     Ok(())
 }

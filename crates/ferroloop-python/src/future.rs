@@ -19,7 +19,7 @@
 //! - The semantics follow CPython's `Lib/asyncio/futures.py` and `tasks.py`
 //!   (3.11): state machine, error messages, callback and cancellation order.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -27,6 +27,7 @@ use pyo3::types::{PyList, PyString, PyTuple, PyType};
 use pyo3::{ffi, intern, PyTraverseError, PyTypeInfo, PyVisit};
 
 use crate::event_loop::{Loop, Ready};
+use crate::gc::Adopted;
 use crate::handle::loop_debug;
 use crate::util::{
     copy_context, extract_stack, foreign_call_soon, imports, in_context, invalid_state,
@@ -53,15 +54,17 @@ impl State {
 /// A registered done callback.
 pub(crate) enum DoneCallback {
     /// `fn(fut)` run in `ctx`.
-    Py { func: Py<PyAny>, ctx: Py<PyAny> },
+    Py { func: Py<PyAny>, ctx: Adopted },
     /// Wake the native task `task` (runs in the task's context).
     Wakeup { task: Py<Future> },
 }
 
 /// Task-only state.
 pub(crate) struct TaskFields {
-    pub coro: Py<PyAny>,
-    pub context: Py<PyAny>,
+    /// Adopted once only the task holds it (see `crate::gc`).
+    pub coro: Adopted,
+    /// Adopted when it is the copy made for this task.
+    pub context: Adopted,
     name: Option<Py<PyAny>>,
     seq: u64,
     pub must_cancel: bool,
@@ -69,9 +72,32 @@ pub(crate) struct TaskFields {
     num_cancels_requested: i64,
     log_destroy_pending: bool,
     started: bool,
+    /// How many items of the loop's ready queue hold this task; while
+    /// non-zero the task is pinned (out of the collector's lists).
+    queued: u32,
+    /// This task's entry in `asyncio.tasks._all_tasks`, removed on drop.
+    registered: Option<Py<PyAny>>,
+}
+
+impl Drop for TaskFields {
+    fn drop(&mut self) {
+        if let Some(r) = self.registered.take() {
+            crate::util::with_gil(|py| {
+                if let Ok(reg) = registry(py) {
+                    if let Err(e) = reg.unregister(py, r) {
+                        e.write_unraisable(py, None);
+                    }
+                }
+            });
+        }
+    }
 }
 
 static TASK_COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// Whether tasks adopt their coroutines (`crate::gc`). Off from 3.14, where
+/// `frame.f_generator` hands out a coroutine from inside its own frame.
+pub(crate) static ADOPT_COROUTINES: AtomicBool = AtomicBool::new(false);
 
 // `dict`: like the C Future, instances accept attribute assignment.
 #[pyclass(
@@ -184,8 +210,8 @@ impl Future {
             log_traceback: false,
             task: task.then(|| {
                 Box::new(TaskFields {
-                    coro: py.None(),
-                    context: py.None(),
+                    coro: Adopted::shared(py.None()),
+                    context: Adopted::shared(py.None()),
                     name: None,
                     seq: 0,
                     must_cancel: false,
@@ -193,6 +219,8 @@ impl Future {
                     num_cancels_requested: 0,
                     log_destroy_pending: false,
                     started: false,
+                    queued: 0,
+                    registered: None,
                 })
             }),
         })
@@ -260,10 +288,10 @@ fn schedule_one(
             lp,
             func.into_bound(py),
             Some(fut.clone().into_any()),
-            ctx.bind(py),
+            ctx.expose(py).bind(py),
         ),
         DoneCallback::Wakeup { task } => {
-            let ctx = task.borrow(py).task().context.clone_ref(py);
+            let ctx = task.borrow(py).task().context.expose(py);
             let w = Bound::new(py, TaskWakeup { task })?;
             foreign_call_soon(lp, w.into_any(), Some(fut.clone().into_any()), ctx.bind(py))
         }
@@ -460,11 +488,13 @@ fn new_task_state<'py>(
         _ => None,
     };
     let context = match context {
-        Some(c) if !c.is_none() => c.clone().unbind(),
-        _ => copy_context(py)?.unbind(),
+        Some(c) if !c.is_none() => Adopted::shared(c.clone().unbind()),
+        _ => Adopted::adopt(copy_context(py)?),
     };
     fut.task = Some(Box::new(TaskFields {
-        coro: coro.clone().unbind(),
+        // Shared with the caller for now; adopted at a step once the task
+        // is its only holder.
+        coro: Adopted::shared(coro.clone().unbind()),
         context,
         name,
         seq: TASK_COUNTER.fetch_add(1, Ordering::Relaxed),
@@ -473,6 +503,8 @@ fn new_task_state<'py>(
         num_cancels_requested: 0,
         log_destroy_pending: true,
         started: false,
+        queued: 0,
+        registered: None,
     }));
     Ok(fut)
 }
@@ -491,7 +523,17 @@ fn start_task(task: &Bound<'_, Task>) -> PyResult<()> {
         t.started = true;
     }
     schedule_step(fut, None)?;
-    registry(py)?.register(task.as_any())
+    {
+        let f = fut.borrow();
+        let t = f.task();
+        if t.queued > 0 && ADOPT_COROUTINES.load(Ordering::Relaxed) {
+            // Pinned until its first step, which settles it.
+            t.coro.adopt_pinned(py);
+        }
+    }
+    let r = registry(py)?.register(task.as_any())?;
+    fut.borrow_mut().task_mut().registered = r;
+    Ok(())
 }
 
 /// `loop.create_task(coro)` with a native task.
@@ -511,13 +553,9 @@ pub(crate) fn create_task<'py>(
 /// Schedules `task.__step(exc)` on the task's loop, in the task's context.
 pub(crate) fn schedule_step(task: &Bound<'_, Future>, exc: Option<Py<PyAny>>) -> PyResult<()> {
     let py = task.py();
-    let (lp, native, ctx) = {
+    let (lp, native) = {
         let f = task.borrow();
-        (
-            f.lp()?.clone_ref(py),
-            f.native_loop,
-            f.task().context.clone_ref(py),
-        )
+        (f.lp()?.clone_ref(py), f.native_loop)
     };
     let lp = lp.into_bound(py);
     if native {
@@ -536,6 +574,7 @@ pub(crate) fn schedule_step(task: &Bound<'_, Future>, exc: Option<Py<PyAny>>) ->
             exc,
         },
     )?;
+    let ctx = task.borrow().task().context.expose(py);
     foreign_call_soon(&lp, step.into_any(), None, ctx.bind(py))
 }
 
@@ -624,7 +663,10 @@ pub(crate) fn task_step(task: &Bound<'_, Future>, exc: Option<Bound<'_, PyAny>>)
         let lp = f.lp()?.clone_ref(py);
         let t = f.task_mut();
         let waiter = t.fut_waiter.take();
-        let coro = t.coro.clone_ref(py);
+        if ADOPT_COROUTINES.load(Ordering::Relaxed) {
+            t.coro.settle(py);
+        }
+        let coro = t.coro.inner().clone_ref(py);
         drop(f);
         drop(waiter);
         (coro, lp)
@@ -757,7 +799,7 @@ fn handle_yield<'py>(
         }
         None => {
             result.setattr(intern!(py, "_asyncio_future_blocking"), false)?;
-            let ctx = task.borrow().task().context.clone_ref(py);
+            let ctx = task.borrow().task().context.expose(py);
             let wakeup = Bound::new(
                 py,
                 TaskWakeup {
@@ -1261,8 +1303,8 @@ impl Future {
     ) -> PyResult<()> {
         let py = slf.py();
         let ctx = match context {
-            Some(c) if !c.is_none(py) => c,
-            _ => copy_context(py)?.unbind(),
+            Some(c) if !c.is_none(py) => Adopted::shared(c),
+            _ => Adopted::adopt(copy_context(py)?),
         };
         fut_add_callback(slf, DoneCallback::Py { func: r#fn, ctx })
     }
@@ -1374,12 +1416,12 @@ impl Future {
         for cb in &self.callbacks {
             let item = match cb {
                 DoneCallback::Py { func, ctx } => {
-                    PyTuple::new(py, [func.clone_ref(py), ctx.clone_ref(py)])?
+                    PyTuple::new(py, [func.clone_ref(py), ctx.expose(py)])?
                 }
                 DoneCallback::Wakeup { task } => {
                     let ctx = task
                         .try_borrow(py)
-                        .map(|t| t.task().context.clone_ref(py))
+                        .map(|t| t.task().context.expose(py))
                         .unwrap_or_else(|_| py.None());
                     let w = Py::new(
                         py,
@@ -1465,14 +1507,14 @@ impl Future {
             match cb {
                 DoneCallback::Py { func, ctx } => {
                     visit.call(func)?;
-                    visit.call(ctx)?;
+                    ctx.traverse(&visit)?;
                 }
                 DoneCallback::Wakeup { task } => visit.call(task)?,
             }
         }
         if let Some(t) = &self.task {
-            visit.call(&t.coro)?;
-            visit.call(&t.context)?;
+            t.coro.traverse(&visit)?;
+            t.context.traverse(&visit)?;
             if let Some(n) = &t.name {
                 visit.call(n)?;
             }
@@ -1494,6 +1536,9 @@ impl Future {
         if let Some(t) = self.task.as_deref_mut() {
             t.fut_waiter = None;
             t.name = None;
+            // The coroutine and context are dropped by `finalize::clear`
+            // once this borrow is released (dropping a coroutine runs its
+            // `finally` blocks, which may use the task).
         }
     }
 }
@@ -1560,11 +1605,11 @@ impl Task {
     }
 
     fn get_coro(slf: &Bound<'_, Self>) -> Py<PyAny> {
-        slf.as_super().borrow().task().coro.clone_ref(slf.py())
+        slf.as_super().borrow().task().coro.expose(slf.py())
     }
 
     fn get_context(slf: &Bound<'_, Self>) -> Py<PyAny> {
-        slf.as_super().borrow().task().context.clone_ref(slf.py())
+        slf.as_super().borrow().task().context.expose(slf.py())
     }
 
     fn get_name(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
@@ -1676,7 +1721,7 @@ impl Task {
     #[pyo3(signature = (exc=None))]
     fn _Task__step(slf: &Bound<'_, Self>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let py = slf.py();
-        let ctx = Task::get_context(slf);
+        let ctx = slf.as_super().borrow().task().context.inner().clone_ref(py);
         in_context(ctx.bind(py), || {
             task_step(slf.as_super(), exc.filter(|e| !e.is_none()))
         })
@@ -1687,6 +1732,53 @@ impl Task {
     }
 }
 
+/// `task` entered the loop's ready queue (see `crate::gc`, pinning).
+pub(crate) fn pin_task(task: &Bound<'_, Future>) {
+    if let Ok(mut f) = task.try_borrow_mut() {
+        if let Some(t) = f.task.as_deref_mut() {
+            t.queued += 1;
+            if t.queued == 1 {
+                crate::gc::untrack(task.as_any());
+            }
+        }
+    }
+}
+
+/// An item holding `task` left the loop's ready queue (run or dropped):
+/// when no other item holds it, the task goes back to the collector, and
+/// its coroutine's adoption is settled.
+pub(crate) fn unpin_task(task: &Bound<'_, Future>) {
+    let py = task.py();
+    if let Ok(mut f) = task.try_borrow_mut() {
+        if let Some(t) = f.task.as_deref_mut() {
+            t.queued = t.queued.saturating_sub(1);
+            if t.queued == 0 {
+                t.coro.settle(py);
+                crate::gc::track(task.as_any());
+            }
+            return;
+        }
+    }
+    crate::gc::track(task.as_any());
+}
+
+/// The second half of the task's `tp_clear`, run without a borrow held:
+/// drops the coroutine and context as the C Task's clear does. An adopted
+/// coroutine is not in the collector's unreachable set, so this is where its
+/// finalizer (closing the frame) runs when a task dies in a cycle.
+pub(crate) fn clear_task_refs(obj: &Bound<'_, Future>) {
+    let py = obj.py();
+    let taken = obj.try_borrow_mut().ok().and_then(|mut f| {
+        f.task.as_deref_mut().map(|t| {
+            (
+                std::mem::replace(&mut t.coro, Adopted::shared(py.None())),
+                std::mem::replace(&mut t.context, Adopted::shared(py.None())),
+            )
+        })
+    });
+    drop(taken);
+}
+
 /// Messages for the "never retrieved" / "destroyed but pending" logs.
 pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
     let py = obj.py();
@@ -1695,6 +1787,8 @@ pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
             return Ok(());
         };
         if f.lp_opt.is_none() {
+            drop(f);
+            finalize_adopted_coroutine(obj);
             return Ok(());
         }
         let pending_log = f.state == State::Pending
@@ -1743,5 +1837,21 @@ pub(crate) fn finalize_report(obj: &Bound<'_, Future>) -> PyResult<()> {
         }
         lp.call_method1(intern!(py, "call_exception_handler"), (ctx,))?;
     }
+    finalize_adopted_coroutine(obj);
     Ok(())
+}
+
+/// A pending task is being destroyed: its adopted coroutine is closed now
+/// (finally blocks run), as the collector does for asyncio's tasks, whose
+/// coroutine it finalizes along with the task even when the task's report
+/// resurrects it.
+fn finalize_adopted_coroutine(obj: &Bound<'_, Future>) {
+    let py = obj.py();
+    let coro = match obj.try_borrow() {
+        Ok(f) if f.state == State::Pending => f.task.as_ref().and_then(|t| t.coro.adopted(py)),
+        _ => None,
+    };
+    if let Some(coro) = coro {
+        crate::gc::call_finalizer(coro.bind(py));
+    }
 }

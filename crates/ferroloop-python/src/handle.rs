@@ -16,6 +16,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyTypeInfo};
 
 use crate::event_loop::Loop;
+use crate::gc::{self, Adopted};
 use crate::util::{imports, in_context, is_exit_exception};
 
 pub(crate) struct HandleInner {
@@ -27,7 +28,8 @@ pub(crate) struct HandleInner {
 #[pyclass(module = "asyncio.events", name = "Handle", subclass, frozen, weakref)]
 pub struct Handle {
     pub(crate) inner: Mutex<HandleInner>,
-    pub(crate) context: Py<PyAny>,
+    /// Adopted when it is a copy made for this handle (see `crate::gc`).
+    pub(crate) context: Adopted,
     pub(crate) lp: Py<PyAny>,
     pub(crate) cancelled: AtomicBool,
     pub(crate) source_traceback: Option<Py<PyAny>>,
@@ -38,7 +40,7 @@ impl Handle {
         callback: Py<PyAny>,
         args: Py<PyTuple>,
         lp: Py<PyAny>,
-        context: Py<PyAny>,
+        context: Adopted,
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         Handle {
@@ -65,8 +67,8 @@ impl Handle {
         debug: bool,
     ) -> PyResult<Self> {
         let context = match context {
-            Some(c) if !c.is_none(py) => c,
-            _ => crate::util::copy_context(py)?.unbind(),
+            Some(c) if !c.is_none(py) => Adopted::shared(c),
+            _ => Adopted::adopt(crate::util::copy_context(py)?),
         };
         let tb = if debug {
             Some(crate::util::extract_stack(py)?)
@@ -93,7 +95,7 @@ impl Handle {
                 _ => return Ok(()),
             }
         };
-        let ctx = h.context.bind(py);
+        let ctx = h.context.inner().bind(py);
         let res = in_context(ctx, || cb.bind(py).call1(args.bind(py)).map(|_| ()));
         if let Err(err) = res {
             if is_exit_exception(py, &err) {
@@ -134,6 +136,22 @@ impl Handle {
     }
 }
 
+/// A handle entering the loop's queues: while queued it is reachable (the
+/// loop will run it), so the collector need not walk it (`crate::gc`).
+#[inline]
+pub(crate) fn pin(h: &Bound<'_, PyAny>) {
+    gc::untrack(h);
+}
+
+/// A handle leaving the loop's queues: back to the collector if anything
+/// but the caller's reference holds it (a lone handle is about to die).
+#[inline]
+pub(crate) fn unpin(h: &Bound<'_, PyAny>) {
+    if gc::refcnt(h) > 1 {
+        gc::track(h);
+    }
+}
+
 /// `loop.get_debug()`, without a Python call for ferroloop's own loop.
 pub(crate) fn loop_debug(lp: &Bound<'_, PyAny>) -> PyResult<bool> {
     if let Ok(l) = lp.cast::<Loop>() {
@@ -153,6 +171,9 @@ pub(crate) fn report_callback_error(
     handle: Option<&Bound<'_, PyAny>>,
     source_traceback: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
+    if let Some(h) = handle {
+        gc::track(h); // handed to the exception handler
+    }
     let formatted = imports(py)?
         .format_callback_source
         .bind(py)
@@ -205,7 +226,7 @@ impl Handle {
     }
 
     fn get_context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.context.expose(py)
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -234,7 +255,7 @@ impl Handle {
 
     #[getter]
     fn _context(&self, py: Python<'_>) -> Py<PyAny> {
-        self.context.clone_ref(py)
+        self.context.expose(py)
     }
 
     #[getter]
@@ -287,7 +308,7 @@ impl Handle {
                 visit.call(a)?;
             }
         }
-        visit.call(&self.context)?;
+        self.context.traverse(&visit)?;
         visit.call(&self.lp)?;
         Ok(())
     }

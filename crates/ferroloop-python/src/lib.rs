@@ -12,6 +12,7 @@
 mod event_loop;
 mod finalize;
 mod future;
+mod gc;
 mod handle;
 mod util;
 
@@ -29,6 +30,11 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<future::TaskWakeup>()?;
     finalize::install(m.py())?;
     future::install_am_send(m.py());
+    let v = m.py().version_info();
+    future::ADOPT_COROUTINES.store(
+        (v.major, v.minor) < (3, 14),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

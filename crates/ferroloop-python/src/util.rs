@@ -43,12 +43,16 @@ static REGISTRY: PyOnceLock<Registry> = PyOnceLock::new();
 /// - `_current_tasks` is a plain dict shared with the C accelerator on
 ///   3.11–3.13 (3.14 moved it into the thread state: call the functions).
 /// - `_all_tasks` is a `WeakSet` on 3.11 (3.12 keeps native tasks elsewhere:
-///   call `_register_task`). Adding `ref(task, set._remove)` to its `data`
-///   is what `WeakSet.add` does, minus a Python frame.
+///   call `_register_task`). `WeakSet.add` stores `ref(task, set._remove)`
+///   in its `data` set; the callback, a Python function, then runs when the
+///   task dies. A native task instead stores a plain `ref(task)` (no
+///   callback, so it references nothing and stays out of the cyclic GC) and
+///   takes it out of `data` itself when it is deallocated, deferring to
+///   `_pending_removals` while the set is being iterated, as `_remove` does.
 pub struct Registry {
     current: Option<Py<PyDict>>,
     weak_data: Option<Py<pyo3::types::PySet>>,
-    weak_remove: Option<Py<PyAny>>,
+    weak_iterating: Option<Py<pyo3::types::PySet>>,
     weak_pending: Option<Py<PyAny>>,
     weak_set: Option<Py<PyAny>>,
 }
@@ -66,18 +70,21 @@ pub fn registry(py: Python<'_>) -> PyResult<&'static Registry> {
         } else {
             None
         };
-        let (mut weak_data, mut weak_remove, mut weak_pending, mut weak_set) =
+        let (mut weak_data, mut weak_iterating, mut weak_pending, mut weak_set) =
             (None, None, None, None);
         if (v.major, v.minor) == (3, 11) {
             let ws = tasks.getattr("_all_tasks")?;
-            if let (Ok(data), Ok(remove), Ok(pending)) = (
+            if let (Ok(data), Ok(iterating), Ok(pending)) = (
                 ws.getattr("data"),
-                ws.getattr("_remove"),
+                ws.getattr("_iterating"),
                 ws.getattr("_pending_removals"),
             ) {
-                if let Ok(data) = data.cast_into::<pyo3::types::PySet>() {
+                if let (Ok(data), Ok(iterating)) = (
+                    data.cast_into::<pyo3::types::PySet>(),
+                    iterating.cast_into::<pyo3::types::PySet>(),
+                ) {
                     weak_data = Some(data.unbind());
-                    weak_remove = Some(remove.unbind());
+                    weak_iterating = Some(iterating.unbind());
                     weak_pending = Some(pending.unbind());
                     weak_set = Some(ws.unbind());
                 }
@@ -86,7 +93,7 @@ pub fn registry(py: Python<'_>) -> PyResult<&'static Registry> {
         Ok(Registry {
             current,
             weak_data,
-            weak_remove,
+            weak_iterating,
             weak_pending,
             weak_set,
         })
@@ -94,21 +101,39 @@ pub fn registry(py: Python<'_>) -> PyResult<&'static Registry> {
 }
 
 impl Registry {
-    pub fn register(&self, task: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Adds `task` to `all_tasks()`. Returns the reference to hand back to
+    /// [`Registry::unregister`] when the task is deallocated, if one is needed.
+    pub fn register(&self, task: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
         let py = task.py();
-        if let (Some(data), Some(remove), Some(pending), Some(ws)) = (
-            &self.weak_data,
-            &self.weak_remove,
-            &self.weak_pending,
-            &self.weak_set,
-        ) {
+        if let (Some(data), Some(pending), Some(ws)) =
+            (&self.weak_data, &self.weak_pending, &self.weak_set)
+        {
             if pending.bind(py).is_truthy()? {
                 ws.bind(py).call_method0(intern!(py, "_commit_removals"))?;
             }
-            let r = pyo3::types::PyWeakrefReference::new_with(task, remove.bind(py))?;
-            return data.bind(py).add(r);
+            let r = pyo3::types::PyWeakrefReference::new(task)?.into_any();
+            // A callback-less weakref references nothing: it cannot be part
+            // of a cycle, so the collector need not walk it.
+            crate::gc::untrack(&r);
+            data.bind(py).add(&r)?;
+            return Ok(Some(r.unbind()));
         }
         imports(py)?.register_task.bind(py).call1((task,))?;
+        Ok(None)
+    }
+
+    /// Takes a dead task's reference out of `_all_tasks` (what the WeakSet's
+    /// own callback would have done).
+    pub fn unregister(&self, py: Python<'_>, r: Py<PyAny>) -> PyResult<()> {
+        if let (Some(data), Some(iterating), Some(pending)) =
+            (&self.weak_data, &self.weak_iterating, &self.weak_pending)
+        {
+            if iterating.bind(py).is_empty() {
+                data.bind(py).discard(r)?;
+            } else {
+                pending.bind(py).call_method1(intern!(py, "append"), (r,))?;
+            }
+        }
         Ok(())
     }
 
@@ -219,6 +244,24 @@ pub fn invalid_state(py: Python<'_>, msg: String) -> PyErr {
 /// True for the two exceptions asyncio never routes to the exception handler.
 pub fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
     err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
+}
+
+/// Runs `f` attached to the interpreter from a destructor: by attaching
+/// (cheap when this thread holds the GIL already), or, during interpreter
+/// shutdown when PyO3 refuses to attach, directly if this thread holds the
+/// GIL; skipped otherwise.
+pub fn with_gil(f: impl FnOnce(Python<'_>)) {
+    let mut f = Some(f);
+    if Python::try_attach(|py| (f.take().expect("called once"))(py)).is_some() {
+        return;
+    }
+    // SAFETY: PyGILState_Check only reads the thread state.
+    if unsafe { ffi::PyGILState_Check() } == 1 {
+        if let Some(f) = f.take() {
+            // SAFETY: this thread holds the GIL.
+            f(unsafe { Python::assume_attached() });
+        }
+    }
 }
 
 /// `contextvars.copy_context()`.
