@@ -76,9 +76,7 @@ impl Loop {
         }
         if !s.debug {
             let pinned = match &item {
-                Ready::Step { task, .. } | Ready::Wakeup { task, .. } => {
-                    Some(task.clone_ref(slf.py()))
-                }
+                Ready::Step { task, .. } => Some(task.clone_ref(slf.py())),
                 _ => None,
             };
             s.ready.push(item);
@@ -261,12 +259,10 @@ impl Loop {
                 let t = task.bind(py);
                 let ctx = task_context(py, &task);
                 let r = in_context(ctx.bind(py), || future::task_wakeup(t, fut.bind(py)));
-                let r = Loop::report_item_error(slf, r, || Ready::Wakeup {
+                Loop::report_item_error(slf, r, || Ready::Wakeup {
                     task: task.clone_ref(py),
                     fut,
-                });
-                future::unpin_task(t);
-                r
+                })
             }
         }
     }
@@ -687,10 +683,8 @@ impl Loop {
         for item in ready.iter().chain(injected.iter()) {
             match item {
                 Ready::Handle(h) => handle::unpin(h.bind(py).as_any()),
-                Ready::Step { task, .. } | Ready::Wakeup { task, .. } => {
-                    future::unpin_task(task.bind(py))
-                }
-                Ready::FutCallback { .. } => {}
+                Ready::Step { task, .. } => future::unpin_task(task.bind(py)),
+                Ready::FutCallback { .. } | Ready::Wakeup { .. } => {}
             }
         }
         for e in &timers {

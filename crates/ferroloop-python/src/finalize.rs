@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use pyo3::prelude::*;
 use pyo3::{ffi, PyTypeInfo};
 
-use crate::future::{clear_task_refs, finalize_report, Future, Task};
+use crate::future::{clear_task_refs, finalize_report, needs_finalizer, Future, Task};
 
 type Dealloc = unsafe extern "C" fn(*mut ffi::PyObject);
 type Clear = unsafe extern "C" fn(*mut ffi::PyObject) -> std::ffi::c_int;
@@ -38,6 +38,12 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
 fn finalize_attached(py: Python<'_>, obj: *mut ffi::PyObject) {
     // SAFETY: `obj` is alive (refcount temporarily > 0) during tp_finalize.
     let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    // Most futures die done and retrieved: nothing to do, nothing to save.
+    if let Ok(fut) = any.cast::<Future>() {
+        if !needs_finalizer(fut) {
+            return;
+        }
+    }
     // Keep any exception being raised around us intact (as `__del__` does).
     let saved = PyErr::take(py);
     if let Ok(fut) = any.cast::<Future>() {

@@ -19,7 +19,7 @@
 //! - The semantics follow CPython's `Lib/asyncio/futures.py` and `tasks.py`
 //!   (3.11): state machine, error messages, callback and cancellation order.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -132,13 +132,24 @@ pub struct Task;
 /// The exact native Future or Task type (not a Python subclass, whose
 /// overridden methods must be called): the C Task's `Future_CheckExact`.
 fn native_exact<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, Future>> {
-    let py = obj.py();
-    let ty = obj.get_type();
-    if ty.is(Future::type_object(py)) || ty.is(Task::type_object(py)) {
-        obj.cast::<Future>().ok()
+    // SAFETY: reading the type pointer of a live object.
+    let tp = unsafe { ffi::Py_TYPE(obj.as_ptr()) };
+    if tp == FUTURE_TYPE.load(Ordering::Relaxed) || tp == TASK_TYPE.load(Ordering::Relaxed) {
+        // SAFETY: the object's type is exactly Future or Task.
+        Some(unsafe { obj.cast_unchecked::<Future>() })
     } else {
         None
     }
+}
+
+/// The exact native types, recorded at module init for [`native_exact`]
+/// (a pointer comparison instead of a lazy type-object lookup per call).
+static FUTURE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+static TASK_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+
+pub(crate) fn record_types(py: Python<'_>) {
+    FUTURE_TYPE.store(Future::type_object(py).as_type_ptr(), Ordering::Relaxed);
+    TASK_TYPE.store(Task::type_object(py).as_type_ptr(), Ordering::Relaxed);
 }
 
 fn runtime(msg: impl Into<String>) -> PyErr {
@@ -1777,6 +1788,21 @@ pub(crate) fn clear_task_refs(obj: &Bound<'_, Future>) {
         })
     });
     drop(taken);
+}
+
+/// Whether [`finalize_report`] would do anything for this future (most
+/// futures die done, retrieved and without an adopted coroutine).
+pub(crate) fn needs_finalizer(obj: &Bound<'_, Future>) -> bool {
+    let Ok(f) = obj.try_borrow() else {
+        return true;
+    };
+    if f.log_traceback {
+        return true;
+    }
+    f.state == State::Pending
+        && f.task
+            .as_ref()
+            .is_some_and(|t| t.started || t.coro.is_adopted())
 }
 
 /// Messages for the "never retrieved" / "destroyed but pending" logs.

@@ -167,6 +167,12 @@ impl Adopted {
             .then(|| self.obj.clone_ref(py))
     }
 
+    /// Whether the object is adopted now.
+    #[inline]
+    pub fn is_adopted(&self) -> bool {
+        self.untracked.load(Ordering::Relaxed)
+    }
+
     /// The object, for a use that does not keep a reference.
     #[inline]
     pub fn inner(&self) -> &Py<PyAny> {

@@ -137,28 +137,36 @@ impl Registry {
         Ok(())
     }
 
+    /// asyncio's `_enter_task`: one dict lookup (`setdefault`) when no task
+    /// is current, as is the rule.
     pub fn enter(&self, lp: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = lp.py();
-        match &self.current {
-            Some(d) => {
-                let d = d.bind(py);
-                if let Some(cur) = d.get_item(lp)? {
-                    if !cur.is_none() {
-                        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
-                            "Cannot enter into task {} while another task {} is being executed.",
-                            task.repr()?,
-                            cur.repr()?
-                        )));
-                    }
-                }
-                d.set_item(lp, task)
-            }
-            None => imports(py)?
+        let Some(d) = &self.current else {
+            return imports(py)?
                 .enter_task
                 .bind(py)
                 .call1((lp, task))
-                .map(|_| ()),
+                .map(|_| ());
+        };
+        // SAFETY: GIL held, live dict/key/value; SetDefault returns a
+        // borrowed reference (the value now stored) or NULL with an error.
+        let cur = unsafe { ffi::PyDict_SetDefault(d.as_ptr(), lp.as_ptr(), task.as_ptr()) };
+        if cur.is_null() {
+            return Err(PyErr::fetch(py));
         }
+        if cur == task.as_ptr() {
+            return Ok(());
+        }
+        // SAFETY: `cur` is a live borrowed reference held by the dict.
+        let cur = unsafe { Bound::from_borrowed_ptr(py, cur) };
+        if !cur.is_none() {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "Cannot enter into task {} while another task {} is being executed.",
+                task.repr()?,
+                cur.repr()?
+            )));
+        }
+        d.bind(py).set_item(lp, task)
     }
 
     pub fn leave(&self, lp: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
