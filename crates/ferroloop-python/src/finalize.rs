@@ -56,10 +56,36 @@ fn finalize_attached(py: Python<'_>, obj: *mut ffi::PyObject) {
     }
 }
 
+/// Sets the reference count of an object of a (non free-threaded) GIL
+/// build, where it is the object's first field, as CPython's own
+/// `PyObject_CallFinalizerFromDealloc` does to revive an object briefly.
+///
+/// # Safety
+/// `obj` must be live or being deallocated by the caller, GIL held.
+unsafe fn set_refcnt(obj: *mut ffi::PyObject, n: ffi::Py_ssize_t) {
+    // SAFETY: forwarded; `ob_refcnt` is at offset 0 of PyObject on GIL builds.
+    unsafe { *obj.cast::<ffi::Py_ssize_t>() = n };
+}
+
 unsafe fn dealloc_with(obj: *mut ffi::PyObject, orig: &OnceLock<Dealloc>) {
-    // SAFETY: called as tp_dealloc with refcount 0 and the GIL held; the
-    // finalizer may resurrect the object, in which case we must stop here.
-    if unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
+    // SAFETY: called as tp_dealloc with refcount 0 and the GIL held.
+    // Most futures die done and retrieved, with nothing to report: look at
+    // the Rust state (the object revived at refcount 1, since a borrow takes
+    // a reference) and skip the finalizer call when it would do nothing.
+    let needed = unsafe {
+        set_refcnt(obj, 1);
+        let py = Python::assume_attached();
+        let needed = pyo3::Borrowed::from_ptr(py, obj)
+            .cast::<Future>()
+            .map(|f| needs_finalizer(&f))
+            .unwrap_or(true);
+        debug_assert_eq!(ffi::Py_REFCNT(obj), 1);
+        set_refcnt(obj, 0);
+        needed
+    };
+    // SAFETY: as above; the finalizer may resurrect the object, in which
+    // case we must stop here.
+    if needed && unsafe { ffi::PyObject_CallFinalizerFromDealloc(obj) } < 0 {
         return;
     }
     let f = orig.get().expect("installed before any instance exists");

@@ -95,6 +95,9 @@ impl Drop for TaskFields {
 
 static TASK_COUNTER: AtomicU64 = AtomicU64::new(1);
 
+/// Done callbacks; one, stored inline, is by far the common case.
+type Callbacks = smallvec::SmallVec<[DoneCallback; 1]>;
+
 /// Whether tasks adopt their coroutines (`crate::gc`). Off from 3.14, where
 /// `frame.f_generator` hands out a coroutine from inside its own frame.
 pub(crate) static ADOPT_COROUTINES: AtomicBool = AtomicBool::new(false);
@@ -116,7 +119,7 @@ pub struct Future {
     lp_opt: Option<Py<PyAny>>,
     /// `lp` is ferroloop's loop: schedule without Python calls.
     pub(crate) native_loop: bool,
-    callbacks: Vec<DoneCallback>,
+    callbacks: Callbacks,
     cancel_message: Option<Py<PyAny>>,
     cancelled_exc: Option<Py<PyAny>>,
     source_traceback: Option<Py<PyAny>>,
@@ -181,7 +184,7 @@ impl Future {
             exception_tb: None,
             lp_opt: Some(lp.clone().unbind()),
             native_loop,
-            callbacks: Vec::new(),
+            callbacks: Callbacks::new(),
             cancel_message: None,
             cancelled_exc: None,
             source_traceback,
@@ -213,7 +216,7 @@ impl Future {
             exception_tb: None,
             lp_opt: None,
             native_loop: false,
-            callbacks: Vec::new(),
+            callbacks: Callbacks::new(),
             cancel_message: None,
             cancelled_exc: None,
             source_traceback: None,
@@ -260,11 +263,10 @@ fn schedule_callbacks(fut: &Bound<'_, Future>) -> PyResult<()> {
         }
         (
             std::mem::take(&mut f.callbacks),
-            f.lp()?.clone_ref(fut.py()),
+            f.lp()?.bind(fut.py()).clone(),
             f.native_loop,
         )
     };
-    let lp = lp.into_bound(fut.py());
     for cb in callbacks {
         schedule_one(&lp, native, fut, cb)?;
     }
@@ -280,7 +282,9 @@ fn schedule_one(
 ) -> PyResult<()> {
     let py = lp.py();
     if native {
-        let l = lp.cast::<Loop>()?;
+        // SAFETY: `native` is `lp` being an instance of Loop (checked when
+        // the loop was set), so the cast holds.
+        let l = unsafe { lp.cast_unchecked::<Loop>() };
         let item = match cb {
             DoneCallback::Py { func, ctx } => Ready::FutCallback {
                 func,
@@ -571,7 +575,8 @@ pub(crate) fn schedule_step(task: &Bound<'_, Future>, exc: Option<Py<PyAny>>) ->
     let lp = lp.into_bound(py);
     if native {
         return Loop::push_ready(
-            lp.cast::<Loop>()?,
+            // SAFETY: `native` means `lp` is an instance of Loop.
+            unsafe { lp.cast_unchecked::<Loop>() },
             Ready::Step {
                 task: task.clone().unbind(),
                 exc,
@@ -669,23 +674,23 @@ pub(crate) fn task_step(task: &Bound<'_, Future>, exc: Option<Bound<'_, PyAny>>)
         }
         task.borrow_mut().task_mut().must_cancel = false;
     }
+    // Bound (not Py) temporaries: dropping them needs no attach check.
     let (coro, lp) = {
         let mut f = task.borrow_mut();
-        let lp = f.lp()?.clone_ref(py);
+        let lp = f.lp()?.bind(py).clone();
         let t = f.task_mut();
-        let waiter = t.fut_waiter.take();
+        let waiter = t.fut_waiter.take().map(|w| w.into_bound(py));
         if ADOPT_COROUTINES.load(Ordering::Relaxed) {
             t.coro.settle(py);
         }
-        let coro = t.coro.inner().clone_ref(py);
+        let coro = t.coro.inner().bind(py).clone();
         drop(f);
         drop(waiter);
         (coro, lp)
     };
-    let lp = lp.into_bound(py);
     let reg = registry(py)?;
     reg.enter(&lp, task.as_any())?;
-    let outcome = send_into(coro.bind(py), exc);
+    let outcome = send_into(&coro, exc);
     let res = handle_outcome(task, &lp, outcome);
     let leave = reg.leave(&lp, task.as_any());
     res?;
@@ -1090,9 +1095,74 @@ pub(crate) fn install_am_send(py: Python<'_>) {
         let am = (*tp).tp_as_async;
         if !am.is_null() {
             (*am).am_send = Some(future_iter_am_send);
-            ffi::PyType_Modified(tp);
+        }
+        // Every `await fut` makes a FutureIter: recycle their memory, as
+        // CPython's C FutureIter does (see `future_iter_alloc`).
+        if FUTURE_ITER_TYPE
+            .compare_exchange(
+                std::ptr::null_mut(),
+                tp,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            (*tp).tp_alloc = Some(future_iter_alloc);
+            (*tp).tp_free = Some(future_iter_free);
+        }
+        ffi::PyType_Modified(tp);
+    }
+}
+
+/// Freed FutureIter objects kept for reuse (addresses of objects whose
+/// deallocation is complete but whose memory, GC header included, is kept).
+static ITER_FREELIST: parking_lot::Mutex<Vec<usize>> = parking_lot::const_mutex(Vec::new());
+const ITER_FREELIST_MAX: usize = 64;
+static FUTURE_ITER_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+
+/// `tp_alloc` of FutureIter: a recycled object when one is free, else the
+/// generic allocation. A recycled object is set up as `PyType_GenericAlloc`
+/// would: zeroed body, type and refcount, tracked by the collector.
+unsafe extern "C" fn future_iter_alloc(
+    tp: *mut ffi::PyTypeObject,
+    nitems: ffi::Py_ssize_t,
+) -> *mut ffi::PyObject {
+    if nitems == 0 && tp == FUTURE_ITER_TYPE.load(Ordering::Relaxed) {
+        let recycled = ITER_FREELIST.lock().pop();
+        if let Some(addr) = recycled {
+            let obj = addr as *mut ffi::PyObject;
+            // SAFETY: `obj` is a FutureIter's memory, untracked and no longer
+            // an object (its deallocation ran up to tp_free); basicsize is
+            // the object's size after the GC header, which stays as the
+            // untracking left it. PyObject_Init sets type and refcount (and
+            // takes the type reference the deallocation released).
+            unsafe {
+                let size = usize::try_from((*tp).tp_basicsize).unwrap_or(0);
+                std::ptr::write_bytes(obj.cast::<u8>(), 0, size);
+                ffi::PyObject_Init(obj, tp);
+                ffi::PyObject_GC_Track(obj.cast());
+            }
+            return obj;
         }
     }
+    // SAFETY: the default allocator for any type.
+    unsafe { ffi::PyType_GenericAlloc(tp, nitems) }
+}
+
+/// `tp_free` of FutureIter: keeps up to [`ITER_FREELIST_MAX`] objects.
+unsafe extern "C" fn future_iter_free(obj: *mut std::ffi::c_void) {
+    if obj.is_null() {
+        return;
+    }
+    {
+        let mut free = ITER_FREELIST.lock();
+        if free.len() < ITER_FREELIST_MAX {
+            free.push(obj as usize);
+            return;
+        }
+    }
+    // SAFETY: a GC object allocated by PyType_GenericAlloc or recycled.
+    unsafe { ffi::PyObject_GC_Del(obj) }
 }
 
 #[pymethods]
@@ -1325,7 +1395,7 @@ impl Future {
         check_initialized(&slf.borrow())?;
         let callbacks = std::mem::take(&mut slf.borrow_mut().callbacks);
         let before = callbacks.len();
-        let mut kept = Vec::with_capacity(before);
+        let mut kept = Callbacks::with_capacity(before);
         let mut err = None;
         for cb in callbacks {
             let matches = if err.is_some() {

@@ -221,12 +221,22 @@ impl Drop for Adopted {
     fn drop(&mut self) {
         if *self.untracked.get_mut() {
             let p = self.obj.as_ptr();
-            // SAFETY: PyGILState_Check only reads the thread state; with the
-            // GIL held, `p` (still owned by us) may be re-tracked.
-            let retracked = unsafe { ffi::PyGILState_Check() } == 1 && {
-                unsafe { track_raw(p) };
-                true
-            };
+            // SAFETY: PyGILState_Check only reads the thread state. With the
+            // GIL held (always, in practice: our objects die in tp_dealloc
+            // or in the loop), `p` is an untracked GC object we own: track
+            // it and release our reference directly.
+            if unsafe { ffi::PyGILState_Check() } == 1 {
+                unsafe {
+                    ffi::PyObject_GC_Track(p.cast());
+                    ffi::Py_DECREF(p);
+                }
+                return;
+            }
+            let retracked = Python::try_attach(|_| {
+                // SAFETY: attached: GIL held, `p` alive.
+                unsafe { track_raw(p) }
+            })
+            .is_some();
             let retracked = retracked
                 || Python::try_attach(|_| {
                     // SAFETY: attached: GIL held, `p` alive.
