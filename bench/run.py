@@ -125,7 +125,8 @@ def main() -> int:
     python = sys.executable
     runs = args.runs or (3 if args.quick else 5)
     div = 10 if args.quick else 1
-    names = [w for w in WORKLOADS if w != "floor" and (not args.workload or w in args.workload)]
+    floors = ("floor", "floor_tasks")
+    names = [w for w in WORKLOADS if w not in floors and (not args.workload or w in args.workload)]
     sizes = {w: max(1, WORKLOADS[w][1] // div) for w in [*names, "floor"]}
 
     notes: list[str] = []

@@ -220,6 +220,36 @@ def floor(_loop, n):
     return t
 
 
+def floor_tasks(_loop, n):
+    """No event loop: `many_tasks_sleep0`'s coroutines driven by a bare deque.
+
+    What is left of row 8 with the loop taken away: the coroutines'
+    own Python code (`asyncio.sleep(0)` included), sends and a deque.
+    """
+
+    async def worker():
+        for _ in range(10):
+            await asyncio.sleep(0)
+        return 1
+
+    coros = [worker() for _ in range(n)]
+    t0 = perf_counter()
+    q = collections.deque(coros)
+    total = 0
+    popleft, append = q.popleft, q.append
+    while q:
+        c = popleft()
+        try:
+            c.send(None)
+        except StopIteration as e:
+            total += e.value
+        else:
+            append(c)
+    t = perf_counter() - t0
+    check(total == n, "count")
+    return t
+
+
 # name -> (function, full size, table label)
 WORKLOADS = {
     "call_soon_chain": (call_soon_chain, 1_000_000, "chained call_soon"),
@@ -231,6 +261,7 @@ WORKLOADS = {
     "queue_pingpong": (queue_pingpong, 200_000, "Queue(maxsize=1) producer/consumer"),
     "many_tasks_sleep0": (many_tasks_sleep0, 20_000, "tasks x 10 sleep(0)"),
     "floor": (floor, 1_000_000, "bare deque loop of chained callbacks, no event loop"),
+    "floor_tasks": (floor_tasks, 20_000, "row 8's coroutines driven by a bare deque, no event loop"),
 }
 
 
@@ -250,11 +281,11 @@ def main() -> None:
         gc.disable()
     fn, size, _ = WORKLOADS[args.workload]
     n = args.n or size
-    if args.workload == "floor":
-        t = floor(None, n)
+    if args.workload in ("floor", "floor_tasks"):
+        t = fn(None, n)
     else:
         if args.loop == "none":
-            raise SystemExit("loop 'none' is only for the floor workload")
+            raise SystemExit("loop 'none' is only for the floor workloads")
         loop = make_loop(args.loop)
         asyncio.set_event_loop(loop)
         try:

@@ -266,3 +266,36 @@ def test_tasks_dying_while_registry_iterated(loop):
     del it
     gc.collect()
     assert len(registry.data) == before
+
+
+_SHUTDOWN_SCRIPT = '''
+import asyncio, sys
+kind = sys.argv[1]
+if kind == 'asyncio':
+    loop = asyncio.SelectorEventLoop()
+else:
+    import ferroloop
+    loop = ferroloop.new_event_loop(native_tasks=(kind == 'ferroloop'))
+
+async def worker(fut):
+    me = asyncio.current_task()  # a cycle the collector meets at shutdown
+    await fut
+
+futs = [loop.create_future() for _ in range(10)]
+tasks = [loop.create_task(worker(f)) for f in futs]
+loop.run_until_complete(asyncio.sleep(0))
+del tasks, futs
+print('done')
+'''
+
+
+def test_pending_task_cycles_at_interpreter_shutdown(loop_kind):
+    # The last collection runs inside Py_FinalizeEx, where PyO3 refuses to
+    # attach: tearing down native tasks there must not panic or crash.
+    import subprocess
+    p = subprocess.run([sys.executable, '-c', _SHUTDOWN_SCRIPT, loop_kind],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == 'done\n'
+    assert 'panicked' not in p.stderr
+    assert 'Traceback' not in p.stderr

@@ -111,8 +111,10 @@ unsafe fn clear_with(obj: *mut ffi::PyObject, orig: &OnceLock<Clear>) -> std::ff
         Some(f) => unsafe { f(obj) },
         None => 0,
     };
+    // `with_gil`, not `attach`: the collector also runs during interpreter
+    // shutdown, when PyO3 refuses to attach (the GIL is held all the same).
     let _ = std::panic::catch_unwind(|| {
-        Python::attach(|py| {
+        crate::util::with_gil(|py| {
             // SAFETY: `obj` is alive for the duration of tp_clear.
             let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
             if let Ok(fut) = any.cast::<Future>() {
