@@ -1241,3 +1241,36 @@ def test_ping_pong_between_loops_in_two_threads(loop, loop_factory):
         th.join(30)
         other.close()
     assert not th.is_alive()
+
+
+def test_call_soon_set_result_twice_reports_like_asyncio(loop, loop_errors):
+    # ferroloop runs `call_soon(fut.set_result, v)` without the Python call
+    # machinery; the failure must still be reported as a callback error.
+    fut = loop.create_future()
+    h1 = loop.call_soon(fut.set_result, 1)
+    h2 = loop.call_soon(fut.set_result, 2)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert fut.result() == 1
+    assert len(loop_errors) == 1
+    ctx = loop_errors[0]
+    assert ctx['message'].startswith('Exception in callback ')
+    assert 'set_result(2)' in ctx['message']
+    assert isinstance(ctx['exception'], asyncio.InvalidStateError)
+    assert ctx['handle'] is h2
+    assert h1 is not h2
+
+
+def test_call_soon_set_result_of_subclass_and_wrong_arity(loop, loop_errors):
+    class MyFuture(asyncio.Future):
+        def set_result(self, result):
+            super().set_result(('wrapped', result))
+
+    sub = MyFuture(loop=loop)
+    fut = loop.create_future()
+    loop.call_soon(sub.set_result, 1)
+    loop.call_soon(fut.set_result)         # missing argument
+    loop.call_soon(fut.set_result, 1, 2)   # one too many
+    loop.run_until_complete(asyncio.sleep(0))
+    assert sub.result() == ('wrapped', 1)
+    assert not fut.done()
+    assert [type(c['exception']) for c in loop_errors] == [TypeError, TypeError]

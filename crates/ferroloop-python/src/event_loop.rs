@@ -176,7 +176,7 @@ impl Loop {
         let ntodo = {
             let mut s = slf.borrow_mut();
             let s = &mut *s;
-            for item in s.injector.drain() {
+            for item in s.injector.drain_if_notified() {
                 s.ready.push(item);
             }
             if !s.timers.is_empty() {

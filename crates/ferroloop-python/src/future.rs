@@ -150,9 +150,61 @@ fn native_exact<'a, 'py>(obj: &'a Bound<'py, PyAny>) -> Option<&'a Bound<'py, Fu
 static FUTURE_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
 static TASK_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
 
-pub(crate) fn record_types(py: Python<'_>) {
+/// The C function behind `Future.set_result` (see [`direct_set_result`]).
+static SET_RESULT_FN: AtomicPtr<std::ffi::c_void> = AtomicPtr::new(std::ptr::null_mut());
+
+pub(crate) fn record_types(py: Python<'_>) -> PyResult<()> {
     FUTURE_TYPE.store(Future::type_object(py).as_type_ptr(), Ordering::Relaxed);
     TASK_TYPE.store(Task::type_object(py).as_type_ptr(), Ordering::Relaxed);
+    let probe = Bound::new(py, Future::blank(false))?;
+    let bound = probe.getattr(intern!(py, "set_result"))?;
+    // SAFETY: `bound` is a live builtin method; GetFunction reads its
+    // PyMethodDef's C function pointer.
+    let f = unsafe {
+        if ffi::PyCFunction_Check(bound.as_ptr()) == 0 {
+            return Ok(());
+        }
+        ffi::PyCFunction_GetFunction(bound.as_ptr())
+    };
+    if let Some(f) = f {
+        SET_RESULT_FN.store(f as *mut std::ffi::c_void, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// `loop.call_soon(fut.set_result, value)` is the commonest way to resolve a
+/// future from a callback: when `callback` is exactly our Future's bound
+/// `set_result` and `args` is one value, run it without the Python call
+/// machinery (same function, same errors). `None`: not that case.
+pub(crate) fn direct_set_result(
+    callback: &Bound<'_, PyAny>,
+    args: &Bound<'_, PyTuple>,
+) -> Option<PyResult<()>> {
+    let p = callback.as_ptr();
+    let want = SET_RESULT_FN.load(Ordering::Relaxed);
+    if want.is_null() || args.len() != 1 {
+        return None;
+    }
+    // SAFETY: type checks and reads of a builtin method's function pointer
+    // and borrowed `__self__` on a live object.
+    let owner = unsafe {
+        if ffi::PyCFunction_Check(p) == 0 {
+            return None;
+        }
+        match ffi::PyCFunction_GetFunction(p) {
+            Some(f) if f as *mut std::ffi::c_void == want => {}
+            _ => return None,
+        }
+        let owner = ffi::PyCFunction_GetSelf(p);
+        if owner.is_null() || ffi::Py_TYPE(owner) != FUTURE_TYPE.load(Ordering::Relaxed) {
+            return None;
+        }
+        Bound::from_borrowed_ptr(callback.py(), owner)
+    };
+    // SAFETY: the type is exactly Future (checked above).
+    let fut = unsafe { owner.cast_unchecked::<Future>() };
+    let value = args.get_item(0).ok()?;
+    Some(fut_set_result(fut, value.unbind()))
 }
 
 fn runtime(msg: impl Into<String>) -> PyErr {

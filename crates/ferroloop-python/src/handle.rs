@@ -96,7 +96,12 @@ impl Handle {
             }
         };
         let ctx = h.context.inner().bind(py);
-        let res = in_context(ctx, || cb.bind(py).call1(args.bind(py)).map(|_| ()));
+        let res = in_context(ctx, || {
+            match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
+                Some(r) => r,
+                None => cb.bind(py).call1(args.bind(py)).map(|_| ()),
+            }
+        });
         if let Err(err) = res {
             if is_exit_exception(py, &err) {
                 return Err(err);
