@@ -76,20 +76,29 @@ mod tests {
     use crate::reactor::Reactor;
     use std::time::Duration;
 
-    #[test]
-    fn items_from_many_threads_arrive_in_per_thread_order() {
-        let mut r = Reactor::new().unwrap();
-        let inj = Arc::new(Injector::new(r.waker()));
-        let threads: Vec<_> = (0..4)
+    /// `threads` threads each pushing `(thread, 0..n)` in order.
+    fn spawn_pushers(
+        inj: &Arc<Injector<(usize, usize)>>,
+        threads: usize,
+        n: usize,
+    ) -> Vec<std::thread::JoinHandle<()>> {
+        (0..threads)
             .map(|t| {
-                let inj = Arc::clone(&inj);
+                let inj = Arc::clone(inj);
                 std::thread::spawn(move || {
-                    for i in 0..1000 {
+                    for i in 0..n {
                         inj.push((t, i)).unwrap();
                     }
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn items_from_many_threads_arrive_in_per_thread_order() {
+        let mut r = Reactor::new().unwrap();
+        let inj = Arc::new(Injector::new(r.waker()));
+        let threads = spawn_pushers(&inj, 4, 1000);
         let mut got = vec![];
         while got.len() < 4000 {
             r.poll(Some(Duration::from_millis(100)), |_| {}).unwrap();
@@ -110,16 +119,7 @@ mod tests {
         // queue when a wake-up is visible (a lost item would hang here).
         let mut r = Reactor::new().unwrap();
         let inj = Arc::new(Injector::new(r.waker()));
-        let threads: Vec<_> = (0..4)
-            .map(|t| {
-                let inj = Arc::clone(&inj);
-                std::thread::spawn(move || {
-                    for i in 0..2000 {
-                        inj.push((t, i)).unwrap();
-                    }
-                })
-            })
-            .collect();
+        let threads = spawn_pushers(&inj, 4, 2000);
         let mut got = 0;
         while got < 8000 {
             r.poll(Some(Duration::from_secs(5)), |_| {}).unwrap();
