@@ -29,6 +29,10 @@ class Box:
         pass
 
 
+async def _leaf():
+    return 1
+
+
 def test_handle_in_cycle_collected_after_it_ran(loop):
     box = Box()
     h = loop.call_soon(box.method)  # handle -> bound method -> box
@@ -217,11 +221,8 @@ def test_task_rescheduling_itself_stays_collectable(loop):
 
 
 def test_all_tasks_lists_only_live_tasks(loop):
-    async def leaf():
-        return 1
-
     async def main():
-        tasks = [asyncio.create_task(leaf()) for _ in range(100)]
+        tasks = [asyncio.create_task(_leaf()) for _ in range(100)]
         pending = asyncio.all_tasks()
         assert set(tasks) <= pending
         await asyncio.gather(*tasks)
@@ -236,11 +237,8 @@ def test_dead_tasks_leave_the_registry(loop):
     registry = asyncio.tasks._all_tasks
     before = len(registry.data)
 
-    async def leaf():
-        return 1
-
     async def main():
-        await asyncio.gather(*[asyncio.create_task(leaf()) for _ in range(100)])
+        await asyncio.gather(*[asyncio.create_task(_leaf()) for _ in range(100)])
 
     loop.run_until_complete(main())
     gc.collect()
@@ -253,10 +251,7 @@ def test_tasks_dying_while_registry_iterated(loop):
     registry = asyncio.tasks._all_tasks
     before = len(registry.data)
 
-    async def leaf():
-        return 1
-
-    tasks = [loop.create_task(leaf()) for _ in range(20)]
+    tasks = [loop.create_task(_leaf()) for _ in range(20)]
     loop.run_until_complete(asyncio.gather(*tasks))
     it = iter(registry)
     next(it)

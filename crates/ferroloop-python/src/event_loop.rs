@@ -75,15 +75,11 @@ impl Loop {
             return Err(closed_error());
         }
         if !s.debug {
-            let pinned = match &item {
-                Ready::Step { task, .. } => Some(task.clone_ref(slf.py())),
-                _ => None,
-            };
-            s.ready.push(item);
-            drop(s);
-            if let Some(t) = pinned {
-                future::pin_task(t.bind(slf.py()));
+            // Pinning touches only the task (no Python code runs).
+            if let Ready::Step { task, .. } = &item {
+                future::pin_task(task.bind(slf.py()));
             }
+            s.ready.push(item);
             return Ok(());
         }
         drop(s);

@@ -38,18 +38,17 @@ unsafe extern "C" fn finalize(obj: *mut ffi::PyObject) {
 fn finalize_attached(py: Python<'_>, obj: *mut ffi::PyObject) {
     // SAFETY: `obj` is alive (refcount temporarily > 0) during tp_finalize.
     let any = unsafe { Bound::from_borrowed_ptr(py, obj) };
+    let Ok(fut) = any.cast::<Future>() else {
+        return;
+    };
     // Most futures die done and retrieved: nothing to do, nothing to save.
-    if let Ok(fut) = any.cast::<Future>() {
-        if !needs_finalizer(fut) {
-            return;
-        }
+    if !needs_finalizer(fut) {
+        return;
     }
     // Keep any exception being raised around us intact (as `__del__` does).
     let saved = PyErr::take(py);
-    if let Ok(fut) = any.cast::<Future>() {
-        if let Err(e) = finalize_report(fut) {
-            e.write_unraisable(py, Some(&any));
-        }
+    if let Err(e) = finalize_report(fut) {
+        e.write_unraisable(py, Some(&any));
     }
     if let Some(e) = saved {
         e.restore(py);

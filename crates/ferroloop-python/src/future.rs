@@ -100,7 +100,7 @@ type Callbacks = smallvec::SmallVec<[DoneCallback; 1]>;
 
 /// Whether tasks adopt their coroutines (`crate::gc`). Off from 3.14, where
 /// `frame.f_generator` hands out a coroutine from inside its own frame.
-pub(crate) static ADOPT_COROUTINES: AtomicBool = AtomicBool::new(false);
+static ADOPT_COROUTINES: AtomicBool = AtomicBool::new(false);
 
 // `dict`: like the C Future, instances accept attribute assignment.
 #[pyclass(
@@ -153,7 +153,11 @@ static TASK_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_m
 /// The C function behind `Future.set_result` (see [`direct_set_result`]).
 static SET_RESULT_FN: AtomicPtr<std::ffi::c_void> = AtomicPtr::new(std::ptr::null_mut());
 
-pub(crate) fn record_types(py: Python<'_>) -> PyResult<()> {
+/// Module-init state of this file: exact type pointers, `set_result`'s C
+/// function, whether coroutines may be adopted.
+pub(crate) fn init_statics(py: Python<'_>) -> PyResult<()> {
+    let v = py.version_info();
+    ADOPT_COROUTINES.store((v.major, v.minor) < (3, 14), Ordering::Relaxed);
     FUTURE_TYPE.store(Future::type_object(py).as_type_ptr(), Ordering::Relaxed);
     TASK_TYPE.store(Task::type_object(py).as_type_ptr(), Ordering::Relaxed);
     let probe = Bound::new(py, Future::blank(false))?;
@@ -196,13 +200,14 @@ pub(crate) fn direct_set_result(
             _ => return None,
         }
         let owner = ffi::PyCFunction_GetSelf(p);
-        if owner.is_null() || ffi::Py_TYPE(owner) != FUTURE_TYPE.load(Ordering::Relaxed) {
+        if owner.is_null() {
             return None;
         }
         Bound::from_borrowed_ptr(callback.py(), owner)
     };
-    // SAFETY: the type is exactly Future (checked above).
-    let fut = unsafe { owner.cast_unchecked::<Future>() };
+    // Our `set_result` bound to a Future (or a subclass that keeps it): the
+    // very function the call would run.
+    let fut = owner.cast::<Future>().ok()?;
     let value = args.get_item(0).ok()?;
     Some(fut_set_result(fut, value.unbind()))
 }

@@ -30,12 +30,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<future::TaskWakeup>()?;
     finalize::install(m.py())?;
     future::install_am_send(m.py());
-    future::record_types(m.py())?;
-    let v = m.py().version_info();
-    future::ADOPT_COROUTINES.store(
-        (v.major, v.minor) < (3, 14),
-        std::sync::atomic::Ordering::Relaxed,
-    );
+    future::init_statics(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
