@@ -171,28 +171,90 @@ impl Registry {
 
     pub fn leave(&self, lp: &Bound<'_, PyAny>, task: &Bound<'_, PyAny>) -> PyResult<()> {
         let py = lp.py();
-        match &self.current {
-            Some(d) => {
-                let d = d.bind(py);
-                let cur = d.get_item(lp)?;
-                match cur {
-                    Some(c) if c.is(task) => d.del_item(lp),
-                    other => Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
-                        "Leaving task {} does not match the current task {}.",
-                        task.repr()?,
-                        match other {
-                            Some(c) => c.repr()?.to_string(),
-                            None => "None".to_string(),
-                        }
-                    ))),
-                }
-            }
-            None => imports(py)?
+        let Some(d) = &self.current else {
+            return imports(py)?
                 .leave_task
                 .bind(py)
                 .call1((lp, task))
-                .map(|_| ()),
+                .map(|_| ());
+        };
+        let d = d.bind(py);
+        // One lookup: take the entry out; put it back if it is not ours.
+        match dict_pop(d, lp)? {
+            Some(c) if c.is(task) => Ok(()),
+            other => {
+                let current = match &other {
+                    Some(c) => {
+                        d.set_item(lp, c)?;
+                        c.repr()?.to_string()
+                    }
+                    None => "None".to_string(),
+                };
+                Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                    "Leaving task {} does not match the current task {}.",
+                    task.repr()?,
+                    current
+                )))
+            }
         }
+    }
+}
+
+#[cfg(not(Py_3_13))]
+extern "C" {
+    /// 3.11/3.12 (`cpython/dictobject.h`): removes `key` and returns its
+    /// value (new reference), or `deflt` (new reference) when missing.
+    fn _PyDict_Pop(
+        d: *mut ffi::PyObject,
+        key: *mut ffi::PyObject,
+        deflt: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+}
+
+#[cfg(Py_3_13)]
+extern "C" {
+    /// 3.13+: 1 and `*result` (new reference) if removed, 0 if missing.
+    fn PyDict_Pop(
+        d: *mut ffi::PyObject,
+        key: *mut ffi::PyObject,
+        result: *mut *mut ffi::PyObject,
+    ) -> std::ffi::c_int;
+}
+
+/// `d.pop(key, None)` in one dict lookup; `None` when `key` was missing.
+fn dict_pop<'py>(
+    d: &Bound<'py, PyDict>,
+    key: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = d.py();
+    #[cfg(not(Py_3_13))]
+    {
+        // SAFETY: GIL held; live dict and key. A missing key yields the
+        // default, a new reference: the dict itself serves as the sentinel
+        // (a dict value that is the dict itself is not a task either).
+        let sentinel = d.as_ptr();
+        let v = unsafe { _PyDict_Pop(d.as_ptr(), key.as_ptr(), sentinel) };
+        if v.is_null() {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: `v` is a new reference.
+        let v = unsafe { Bound::from_owned_ptr(py, v) };
+        Ok(if v.as_ptr() == sentinel {
+            None
+        } else {
+            Some(v)
+        })
+    }
+    #[cfg(Py_3_13)]
+    {
+        let mut v = std::ptr::null_mut();
+        // SAFETY: GIL held; live dict and key; `v` receives a new reference.
+        let r = unsafe { PyDict_Pop(d.as_ptr(), key.as_ptr(), &mut v) };
+        if r < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: on 1, `v` is a new reference.
+        Ok((r == 1).then(|| unsafe { Bound::from_owned_ptr(py, v) }))
     }
 }
 
