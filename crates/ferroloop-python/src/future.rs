@@ -158,6 +158,13 @@ static SET_RESULT_FN: AtomicPtr<std::ffi::c_void> = AtomicPtr::new(std::ptr::nul
 pub(crate) fn init_statics(py: Python<'_>) -> PyResult<()> {
     let v = py.version_info();
     ADOPT_COROUTINES.store((v.major, v.minor) < (3, 14), Ordering::Relaxed);
+    SHED_EAGER_DICT.store((v.major, v.minor) < (3, 13), Ordering::Relaxed);
+    patch_new(
+        Future::type_object(py).as_type_ptr(),
+        &FUTURE_NEW,
+        future_new,
+    );
+    patch_new(Task::type_object(py).as_type_ptr(), &TASK_NEW, task_new);
     FUTURE_TYPE.store(Future::type_object(py).as_type_ptr(), Ordering::Relaxed);
     TASK_TYPE.store(Task::type_object(py).as_type_ptr(), Ordering::Relaxed);
     let probe = Bound::new(py, Future::blank(false))?;
@@ -174,6 +181,100 @@ pub(crate) fn init_statics(py: Python<'_>) -> PyResult<()> {
         SET_RESULT_FN.store(f as *mut std::ffi::c_void, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// CPython 3.11 and 3.12 give every new object of a type with a `__dict__`
+/// slot an empty dict in `object.__new__`, through which PyO3 allocates.
+/// asyncio's C Future creates its dict lazily; so do we: [`shed_eager_dict`]
+/// drops it again right after creation. Besides the allocation, an instance
+/// dict costs a probe on every method lookup (`fut.set_result`,
+/// `waiter.done`): CPython's generic getattr looks in it after finding a
+/// non-data descriptor. Attribute assignment and `__dict__` recreate it.
+static SHED_EAGER_DICT: AtomicBool = AtomicBool::new(false);
+
+/// `Py_TPFLAGS_MANAGED_DICT` (3.11+): the dict lives before the object.
+const TPFLAGS_MANAGED_DICT: std::ffi::c_ulong = 1 << 4;
+
+/// Drops `obj`'s instance dict if `object.__new__` made it and it is still
+/// empty (3.11/3.12; a no-op elsewhere).
+pub(crate) fn shed_eager_dict(obj: *mut ffi::PyObject) {
+    if !SHED_EAGER_DICT.load(Ordering::Relaxed) {
+        return;
+    }
+    // SAFETY: `obj` is a live object just created with the GIL held; a
+    // positive `tp_dictoffset` without the managed-dict flag locates its
+    // `PyObject *` dict slot inside the object (fixed-size types).
+    unsafe {
+        let tp = ffi::Py_TYPE(obj);
+        let off = (*tp).tp_dictoffset;
+        if off <= 0 || ((*tp).tp_flags & TPFLAGS_MANAGED_DICT) != 0 {
+            return;
+        }
+        let slot = obj.cast::<u8>().offset(off).cast::<*mut ffi::PyObject>();
+        let dict = *slot;
+        if !dict.is_null() && ffi::PyDict_Size(dict) == 0 {
+            *slot = std::ptr::null_mut();
+            ffi::Py_DECREF(dict);
+        }
+    }
+}
+
+type NewFunc = unsafe extern "C" fn(
+    *mut ffi::PyTypeObject,
+    *mut ffi::PyObject,
+    *mut ffi::PyObject,
+) -> *mut ffi::PyObject;
+static FUTURE_NEW: std::sync::OnceLock<NewFunc> = std::sync::OnceLock::new();
+static TASK_NEW: std::sync::OnceLock<NewFunc> = std::sync::OnceLock::new();
+
+/// `Future.__new__` / `Task.__new__` from Python (`asyncio.Future()` on a
+/// ferroloop loop, subclasses): PyO3's, then [`shed_eager_dict`].
+unsafe fn new_with(
+    orig: &std::sync::OnceLock<NewFunc>,
+    tp: *mut ffi::PyTypeObject,
+    args: *mut ffi::PyObject,
+    kwds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    let Some(f) = orig.get() else {
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarded tp_new contract (GIL held, valid arguments).
+    let obj = unsafe { f(tp, args, kwds) };
+    if !obj.is_null() {
+        shed_eager_dict(obj);
+    }
+    obj
+}
+
+unsafe extern "C" fn future_new(
+    tp: *mut ffi::PyTypeObject,
+    args: *mut ffi::PyObject,
+    kwds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded tp_new contract.
+    unsafe { new_with(&FUTURE_NEW, tp, args, kwds) }
+}
+
+unsafe extern "C" fn task_new(
+    tp: *mut ffi::PyTypeObject,
+    args: *mut ffi::PyObject,
+    kwds: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: forwarded tp_new contract.
+    unsafe { new_with(&TASK_NEW, tp, args, kwds) }
+}
+
+fn patch_new(tp: *mut ffi::PyTypeObject, store: &std::sync::OnceLock<NewFunc>, new: NewFunc) {
+    // SAFETY: our own heap type, fully created, during module init with the
+    // GIL held and before any subclass exists (subclasses copy tp_new).
+    unsafe {
+        if let Some(orig) = (*tp).tp_new {
+            if store.set(orig).is_ok() {
+                (*tp).tp_new = Some(new);
+                ffi::PyType_Modified(tp);
+            }
+        }
+    }
 }
 
 /// `loop.call_soon(fut.set_result, value)` is the commonest way to resolve a
@@ -254,7 +355,9 @@ impl Future {
     /// `loop.create_future()` for ferroloop's loop.
     pub(crate) fn create<'py>(lp: &Bound<'py, PyAny>, debug: bool) -> PyResult<Bound<'py, Future>> {
         let py = lp.py();
-        Bound::new(py, Future::new_pending(py, lp, debug)?)
+        let fut = Bound::new(py, Future::new_pending(py, lp, debug)?)?;
+        shed_eager_dict(fut.as_ptr());
+        Ok(fut)
     }
 
     /// The future's loop; RuntimeError if `__init__` never ran.
@@ -618,6 +721,7 @@ pub(crate) fn create_task<'py>(
     let py = lp.py();
     let state = new_task_state(py, coro, Some(lp), name, context)?;
     let task = Bound::new(py, PyClassInitializer::from(state).add_subclass(Task))?;
+    shed_eager_dict(task.as_ptr());
     start_task(&task)?;
     Ok(task)
 }
