@@ -221,33 +221,26 @@ impl Drop for Adopted {
     fn drop(&mut self) {
         if *self.untracked.get_mut() {
             let p = self.obj.as_ptr();
-            // SAFETY: PyGILState_Check only reads the thread state. With the
-            // GIL held (always, in practice: our objects die in tp_dealloc
-            // or in the loop), `p` is an untracked GC object we own: track
-            // it and release our reference directly.
-            if unsafe { ffi::PyGILState_Check() } == 1 {
-                unsafe {
-                    ffi::PyObject_GC_Track(p.cast());
-                    ffi::Py_DECREF(p);
-                }
-                return;
+            // An Adopted lives in a Handle, a task, a done callback or a
+            // ready-queue item: all are dropped by their owner's tp_dealloc
+            // or by the loop, so with the GIL held (objects shared with other
+            // threads are only pushed and drained by GIL-holding code). PyO3
+            // checks that on every `Py` drop through a thread-local; this
+            // path runs for every Handle, so it relies on the invariant.
+            debug_assert_eq!(
+                // SAFETY: PyGILState_Check only reads the thread state.
+                unsafe { ffi::PyGILState_Check() },
+                1,
+                "Adopted dropped without the GIL"
+            );
+            // SAFETY: GIL held (above); `p` is an untracked GC object we own
+            // a reference to: track it, then release that reference directly
+            // (the deallocator must see a tracked object).
+            unsafe {
+                ffi::PyObject_GC_Track(p.cast());
+                ffi::Py_DECREF(p);
             }
-            let retracked = Python::try_attach(|_| {
-                // SAFETY: attached: GIL held, `p` alive.
-                unsafe { track_raw(p) }
-            })
-            .is_some();
-            let retracked = retracked
-                || Python::try_attach(|_| {
-                    // SAFETY: attached: GIL held, `p` alive.
-                    unsafe { track_raw(p) }
-                })
-                .is_some();
-            if !retracked {
-                // The deallocator must not see an untracked object and we
-                // cannot re-track without the interpreter: leak it.
-                return;
-            }
+            return;
         }
         // SAFETY: dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.obj) }
