@@ -1274,3 +1274,40 @@ def test_call_soon_set_result_of_subclass_and_wrong_arity(loop, loop_errors):
     assert sub.result() == ('wrapped', 1)
     assert not fut.done()
     assert [type(c['exception']) for c in loop_errors] == [TypeError, TypeError]
+
+
+def test_call_soon_set_result_in_an_entered_context(loop, loop_errors):
+    # The handle's context is entered around the callback, even on
+    # ferroloop's direct `set_result` path: a context that is already entered
+    # (here: the one running the loop) cannot be entered again, so the
+    # callback fails and is reported; a fresh copy works.
+    ctx = contextvars.copy_context()
+    fut_entered = loop.create_future()
+    fut_copy = loop.create_future()
+
+    async def main():
+        h = loop.call_soon(fut_entered.set_result, 1, context=ctx)
+        loop.call_soon(fut_copy.set_result, 2)
+        await asyncio.sleep(0)
+        return h
+
+    h = ctx.run(loop.run_until_complete, main())
+    assert not fut_entered.done()
+    assert fut_copy.result() == 2
+    assert len(loop_errors) == 1
+    assert loop_errors[0]['handle'] is h
+    assert isinstance(loop_errors[0]['exception'], RuntimeError)
+    assert 'already entered' in str(loop_errors[0]['exception'])
+
+
+def test_call_soon_set_result_after_get_context(loop):
+    # Asking a handle for its context (`get_context()` from 3.12, `_context`
+    # before) does not change how it runs.
+    var = contextvars.ContextVar('var', default='unset')
+    fut = loop.create_future()
+    var.set('at call_soon')
+    h = loop.call_soon(fut.set_result, 5)
+    var.set('later')
+    assert h._context[var] == 'at call_soon'
+    loop.run_until_complete(asyncio.sleep(0))
+    assert fut.result() == 5

@@ -309,6 +309,11 @@ pub(crate) fn direct_set_result(
     // Our `set_result` bound to a Future (or a subclass that keeps it): the
     // very function the call would run.
     let fut = owner.cast::<Future>().ok()?;
+    // On ferroloop's loop, completion only pushes ready items: no Python
+    // code runs (callers rely on it to skip entering the handle's context).
+    if !fut.try_borrow().ok()?.native_loop {
+        return None;
+    }
     let value = args.get_item(0).ok()?;
     Some(fut_set_result(fut, value.unbind()))
 }

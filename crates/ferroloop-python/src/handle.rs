@@ -95,13 +95,26 @@ impl Handle {
                 _ => return Ok(()),
             }
         };
-        let ctx = h.context.inner().bind(py);
-        let res = in_context(ctx, || {
-            match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
-                Some(r) => r,
-                None => cb.bind(py).call1(args.bind(py)).map(|_| ()),
-            }
-        });
+        // `fut.set_result(v)` of a native future on ferroloop's loop runs no
+        // Python code, so no call and no context switch are needed -- when
+        // the context is the private copy made for this handle (adopted:
+        // nobody else holds it, so it cannot be entered elsewhere, which
+        // `Context.run` would refuse).
+        let direct = if h.context.is_adopted() {
+            crate::future::direct_set_result(cb.bind(py), args.bind(py))
+        } else {
+            None
+        };
+        let res = match direct {
+            Some(r) => r,
+            None => in_context(
+                h.context.inner().bind(py),
+                || match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
+                    Some(r) => r,
+                    None => cb.bind(py).call1(args.bind(py)).map(|_| ()),
+                },
+            ),
+        };
         if let Err(err) = res {
             if is_exit_exception(py, &err) {
                 return Err(err);
