@@ -62,8 +62,26 @@ def test_call_soon_passes_positional_args(loop):
 
 
 def test_call_soon_rejects_unknown_keyword(loop):
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'x'"):
         loop.call_soon(print, x=1)
+
+
+def test_call_soon_argument_binding(loop):
+    # asyncio's signature: call_soon(callback, *args, context=None).
+    calls = []
+    ctx = contextvars.copy_context()
+    loop.call_soon(callback=lambda: calls.append('by keyword'), context=None)
+    loop.call_soon(calls.append, 'with context', context=ctx)
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'callback'"):
+        loop.call_soon()
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'callback'"):
+        loop.call_soon(context=None)
+    with pytest.raises(TypeError, match="multiple values for argument 'callback'"):
+        loop.call_soon(print, callback=print)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'context_'"):
+        loop.call_soon(print, context_=None)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert calls == ['by keyword', 'with context']
 
 
 def test_call_soon_returns_not_yet_run_handle(loop):

@@ -338,6 +338,27 @@ impl Loop {
             debug,
         )
     }
+
+    /// `call_soon(callback, *args, context=None)`; Python reaches it through
+    /// the raw vectorcall method in `crate::fastcall`.
+    pub(crate) fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let h = Py::new(
+            py,
+            Loop::make_handle(slf, callback, args, context, "call_soon", true)?,
+        )?;
+        let mut s = slf.borrow_mut();
+        if !s.debug {
+            handle::pin(h.bind(py).as_any());
+        }
+        s.ready.push(Ready::Handle(h.clone_ref(py)));
+        Ok(h)
+    }
 }
 
 /// The cheap part of asyncio's debug-mode `_check_callback`, done always:
@@ -400,26 +421,6 @@ impl Loop {
     #[getter]
     fn _clock_resolution(&self) -> f64 {
         self.resolution
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: &Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let h = Py::new(
-            py,
-            Loop::make_handle(slf, callback, args, context, "call_soon", true)?,
-        )?;
-        let mut s = slf.borrow_mut();
-        if !s.debug {
-            handle::pin(h.bind(py).as_any());
-        }
-        s.ready.push(Ready::Handle(h.clone_ref(py)));
-        Ok(h)
     }
 
     #[pyo3(signature = (callback, *args, context=None))]

@@ -10,6 +10,7 @@
 #![allow(non_snake_case)] // asyncio's private names (`_Task__step`, `get__name` getters)
 
 mod event_loop;
+mod fastcall;
 mod finalize;
 mod future;
 mod gc;
@@ -29,6 +30,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<future::TaskStepMethWrapper>()?;
     m.add_class::<future::TaskWakeup>()?;
     finalize::install(m.py())?;
+    fastcall::install(m.py())?;
     future::install_am_send(m.py());
     future::init_statics(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

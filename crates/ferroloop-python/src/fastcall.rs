@@ -1,0 +1,156 @@
+//! Hand-written vectorcall entry points for the hottest loop methods.
+//!
+//! PyO3 parses `(callback, *args, context=None)` generically: it matches
+//! keyword names, collects `*args` and sets up its trampoline, about a
+//! quarter of what `loop.call_soon(cb, arg)` costs in all. `call_soon` is
+//! called for every callback a program schedules, so it gets a
+//! `METH_FASTCALL | METH_KEYWORDS` method of its own, installed over PyO3's
+//! at module init; the work itself stays in [`Loop::call_soon`].
+//!
+//! ## Invariants
+//! - The method descriptor checks that `self` is a `_Loop` before calling.
+//! - A Rust panic is caught and raised as `pyo3_runtime.PanicException`,
+//!   as PyO3's trampolines do; nothing unwinds into CPython.
+//! - The functions run with the GIL held (CPython calls them) but outside
+//!   PyO3's attach bookkeeping, so they keep only `Bound` temporaries; a
+//!   `Py` dropped here while PyO3 does not count the thread as attached
+//!   (a call from outside the running loop) is released at PyO3's next
+//!   entry instead of at once, which is harmless.
+
+use std::ffi::CStr;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::ffi;
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+use pyo3::types::{PyString, PyTuple};
+use pyo3::PyTypeInfo;
+
+use crate::event_loop::Loop;
+
+/// A `PyMethodDef` in a static (CPython keeps the pointer).
+struct MethodDef(ffi::PyMethodDef);
+// SAFETY: the definition is immutable after construction and only read by
+// CPython; its pointers refer to static C strings and functions.
+unsafe impl Sync for MethodDef {}
+
+const CALL_SOON_DOC: &CStr = c"call_soon($self, callback, *args, context=None)\n--\n\n\
+Arrange for `callback(*args)` to be called soon, in `context` (a copy of the \
+current context by default). Returns a Handle.";
+
+static CALL_SOON: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"call_soon".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: call_soon,
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: CALL_SOON_DOC.as_ptr(),
+});
+
+/// Puts the raw `call_soon` on `_Loop`, replacing PyO3's wrapper.
+pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
+    let tp = Loop::type_object(py);
+    // SAFETY: `tp` is our live heap type and CALL_SOON a static definition;
+    // PyDescr_NewMethod returns a new reference or NULL with an error.
+    let descr = unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            // CPython only reads the definition (the C API just lacks `const`).
+            ffi::PyDescr_NewMethod(tp.as_type_ptr(), (&raw const CALL_SOON.0).cast_mut()),
+        )?
+    };
+    // type.__setattr__ updates the type's dict and invalidates its caches.
+    tp.setattr("call_soon", descr)
+}
+
+/// `_Loop.call_soon(callback, *args, context=None)`.
+unsafe extern "C" fn call_soon(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this method with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    let r = std::panic::catch_unwind(|| {
+        // SAFETY: the vectorcall contract: `args` holds the positional
+        // arguments followed by one value per name in `kwnames`.
+        unsafe { call_soon_impl(py, slf, args, nargsf, kwnames) }
+    });
+    let r = r.unwrap_or_else(|payload| Err(panic_error(payload)));
+    match r {
+        Ok(obj) => obj.into_ptr(),
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+unsafe fn call_soon_impl<'py>(
+    py: Python<'py>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY (whole function): GIL held; `slf` is a live `_Loop` (the
+    // method descriptor checked it); `args[..nargs + len(kwnames)]` are
+    // live borrowed references for the duration of the call.
+    let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) };
+    let positional = unsafe { std::slice::from_raw_parts(args, nargs as usize) };
+    let mut context = None;
+    let mut callback_kw = None;
+    if !kwnames.is_null() {
+        let names = unsafe { Bound::from_borrowed_ptr(py, kwnames) };
+        let names = names.cast_into::<PyTuple>()?;
+        for (i, name) in names.iter().enumerate() {
+            let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs as usize + i)) };
+            let name = name.cast_into::<PyString>()?;
+            match name.to_str()? {
+                "context" => context = Some(value),
+                // As in asyncio, `callback` may be passed by keyword (with
+                // no positional arguments: they would follow it).
+                "callback" if nargs == 0 => callback_kw = Some(value),
+                "callback" => {
+                    return Err(PyTypeError::new_err(
+                        "_Loop.call_soon() got multiple values for argument 'callback'",
+                    ))
+                }
+                _ => {
+                    return Err(PyTypeError::new_err(format!(
+                        "_Loop.call_soon() got an unexpected keyword argument '{name}'"
+                    )))
+                }
+            }
+        }
+    }
+    let (callback, rest) = match (positional.split_first(), callback_kw) {
+        (Some((&cb, rest)), _) => (unsafe { Bound::from_borrowed_ptr(py, cb) }, rest),
+        (None, Some(cb)) => (cb, positional),
+        (None, None) => {
+            return Err(PyTypeError::new_err(
+                "_Loop.call_soon() missing 1 required positional argument: 'callback'",
+            ))
+        }
+    };
+    let cb_args = PyTuple::new(
+        py,
+        rest.iter()
+            .map(|&a| unsafe { Bound::from_borrowed_ptr(py, a) }),
+    )?;
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    let slf = unsafe { slf.cast_into_unchecked::<Loop>() };
+    Loop::call_soon(&slf, &callback, &cb_args, context).map(|h| h.into_bound(py).into_any())
+}
+
+fn panic_error(payload: Box<dyn std::any::Any + Send + 'static>) -> PyErr {
+    let msg = if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else {
+        "panic from Rust code".to_string()
+    };
+    PanicException::new_err(msg)
+}
