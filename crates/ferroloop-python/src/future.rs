@@ -584,31 +584,34 @@ pub(crate) fn make_cancelled_error<'py>(fut: &Bound<'py, Future>) -> PyResult<Bo
 }
 
 /// `Future.result()`.
-pub(crate) fn fut_result(fut: &Bound<'_, Future>) -> PyResult<Py<PyAny>> {
+pub(crate) fn fut_result<'py>(fut: &Bound<'py, Future>) -> PyResult<Bound<'py, PyAny>> {
     let py = fut.py();
-    let state = fut.borrow().state;
-    match state {
-        State::Cancelled => Err(PyErr::from_value(make_cancelled_error(fut)?)),
-        State::Pending => Err(invalid_state(py, "Result is not set.".into())),
+    let mut f = fut.borrow_mut();
+    match f.state {
+        State::Cancelled => {
+            drop(f);
+            Err(PyErr::from_value(make_cancelled_error(fut)?))
+        }
+        State::Pending => {
+            drop(f);
+            Err(invalid_state(py, "Result is not set.".into()))
+        }
         State::Finished => {
-            let (result, exc, tb) = {
-                let mut f = fut.borrow_mut();
-                f.log_traceback = false;
-                (
-                    f.result.as_ref().map(|r| r.clone_ref(py)),
-                    f.exception.as_ref().map(|e| e.clone_ref(py)),
-                    f.exception_tb.as_ref().map(|t| t.clone_ref(py)),
-                )
-            };
-            if let Some(exc) = exc {
-                let exc = exc.into_bound(py);
-                let tb = tb
-                    .map(|t| t.into_bound(py))
-                    .unwrap_or_else(|| py.None().into_bound(py));
+            f.log_traceback = false;
+            if let Some(exc) = &f.exception {
+                let exc = exc.bind(py).clone();
+                let tb = match &f.exception_tb {
+                    Some(t) => t.bind(py).clone(),
+                    None => py.None().into_bound(py),
+                };
+                drop(f);
                 let exc = exc.call_method1(intern!(py, "with_traceback"), (tb,))?;
                 return Err(PyErr::from_value(exc));
             }
-            Ok(result.unwrap_or_else(|| py.None()))
+            Ok(match &f.result {
+                Some(r) => r.bind(py).clone(),
+                None => py.None().into_bound(py),
+            })
         }
     }
 }
@@ -1189,19 +1192,20 @@ impl FutureIter {
         let Some(fut) = self.fut.as_ref() else {
             return Err(PyStopIteration::new_err(()));
         };
-        let fut = fut.bind(py).clone();
         {
-            let mut f = fut.borrow_mut();
+            let mut f = fut.bind(py).borrow_mut();
             if f.state == State::Pending {
                 if !f.blocking {
                     f.blocking = true;
-                    return Ok(IterStep::Yield(fut.clone().into_any().unbind()));
+                    return Ok(IterStep::Yield(fut.clone_ref(py).into_any()));
                 }
                 return Err(runtime("await wasn't used with future"));
             }
         }
-        self.fut = None;
-        Ok(IterStep::Return(fut_result(&fut)?))
+        // Bound, not Py: dropping it needs no attach check.
+        let fut = self.fut.take().map(|f| f.into_bound(py));
+        let fut = fut.as_ref().expect("checked above");
+        Ok(IterStep::Return(fut_result(fut)?.unbind()))
     }
 
     fn step(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
@@ -1219,31 +1223,32 @@ unsafe extern "C" fn future_iter_am_send(
     _arg: *mut ffi::PyObject,
     result: *mut *mut ffi::PyObject,
 ) -> ffi::PySendResult {
-    // Slots run with the GIL held; `attach` makes PyO3 drop references at
-    // once instead of deferring them (which would delay frees and upset GC).
+    // SAFETY: slots run with the GIL held. Without PyO3's attach
+    // bookkeeping (two thread-local updates per call) a `Py` dropped here
+    // is released at PyO3's next entry when the thread is not already
+    // counted as attached; on this path values are `Bound` or handed out.
+    let py = unsafe { Python::assume_attached() };
     let outcome = std::panic::catch_unwind(|| {
-        Python::attach(|py| {
-            // SAFETY: `iter` is the live receiver of this slot.
-            let obj = unsafe { Bound::from_borrowed_ptr(py, iter) };
-            let r = match obj.cast::<FutureIter>() {
-                Ok(it) => match it.try_borrow_mut() {
-                    Ok(mut it) => it.advance(py),
-                    Err(e) => Err(PyErr::from(e)),
-                },
+        // SAFETY: `iter` is the live receiver of this slot.
+        let obj = unsafe { Bound::from_borrowed_ptr(py, iter) };
+        let r = match obj.cast::<FutureIter>() {
+            Ok(it) => match it.try_borrow_mut() {
+                Ok(mut it) => it.advance(py),
                 Err(e) => Err(PyErr::from(e)),
-            };
-            match r {
-                Ok(IterStep::Yield(v)) => (ffi::PySendResult::PYGEN_NEXT, v.into_ptr()),
-                Ok(IterStep::Return(v)) => (ffi::PySendResult::PYGEN_RETURN, v.into_ptr()),
-                Err(e) => {
-                    e.restore(py);
-                    (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
-                }
+            },
+            Err(e) => Err(PyErr::from(e)),
+        };
+        match r {
+            Ok(IterStep::Yield(v)) => (ffi::PySendResult::PYGEN_NEXT, v.into_ptr()),
+            Ok(IterStep::Return(v)) => (ffi::PySendResult::PYGEN_RETURN, v.into_ptr()),
+            Err(e) => {
+                e.restore(py);
+                (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
             }
-        })
+        }
     });
     let (status, value) = outcome.unwrap_or_else(|_| {
-        Python::attach(|py| runtime("panic in FutureIter.send").restore(py));
+        runtime("panic in FutureIter.send").restore(py);
         (ffi::PySendResult::PYGEN_ERROR, std::ptr::null_mut())
     });
     // SAFETY: `result` is a valid out-pointer supplied by PyIter_Send.
@@ -1504,7 +1509,7 @@ impl Future {
     }
 
     fn result(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
-        fut_result(slf)
+        fut_result(slf).map(Bound::unbind)
     }
 
     fn exception(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
