@@ -99,21 +99,20 @@ impl Handle {
         // Python code, so no call and no context switch are needed -- when
         // the context is the private copy made for this handle (adopted:
         // nobody else holds it, so it cannot be entered elsewhere, which
-        // `Context.run` would refuse).
-        let direct = if h.context.is_adopted() {
-            crate::future::direct_set_result(cb.bind(py), args.bind(py))
+        // `Context.run` would refuse). Either way the check runs once.
+        let ctx = h.context.inner().bind(py);
+        let res = if h.context.is_adopted() {
+            match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
+                Some(r) => r,
+                None => in_context(ctx, || cb.bind(py).call1(args.bind(py)).map(|_| ())),
+            }
         } else {
-            None
-        };
-        let res = match direct {
-            Some(r) => r,
-            None => in_context(
-                h.context.inner().bind(py),
-                || match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
+            in_context(ctx, || {
+                match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
                     Some(r) => r,
                     None => cb.bind(py).call1(args.bind(py)).map(|_| ()),
-                },
-            ),
+                }
+            })
         };
         if let Err(err) = res {
             if is_exit_exception(py, &err) {
