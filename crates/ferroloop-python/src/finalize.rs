@@ -13,6 +13,7 @@ use pyo3::prelude::*;
 use pyo3::{ffi, PyTypeInfo};
 
 use crate::future::{clear_task_refs, finalize_report, needs_finalizer, Future, Task};
+use crate::util::replace_slot;
 
 type Dealloc = unsafe extern "C" fn(*mut ffi::PyObject);
 type Clear = unsafe extern "C" fn(*mut ffi::PyObject) -> std::ffi::c_int;
@@ -135,31 +136,25 @@ unsafe extern "C" fn task_clear(obj: *mut ffi::PyObject) -> std::ffi::c_int {
 }
 
 fn patch_clear(tp: *mut ffi::PyTypeObject, store: &OnceLock<Clear>, replacement: Clear) {
-    // SAFETY: as in `patch`: our own heap type, before any instance exists.
+    // SAFETY: our own heap type, fully created, during module init with the
+    // GIL held and before any instance exists (`replace_slot`'s contract).
     unsafe {
-        if let Some(orig) = (*tp).tp_clear {
-            if store.set(orig).is_ok() {
-                (*tp).tp_clear = Some(replacement);
-                ffi::PyType_Modified(tp);
-            }
+        if replace_slot(&raw mut (*tp).tp_clear, store, replacement) {
+            ffi::PyType_Modified(tp);
         }
     }
 }
 
 fn patch(tp: *mut ffi::PyTypeObject, store: &OnceLock<Dealloc>, replacement: Dealloc) {
-    // SAFETY: `tp` is one of our own heap types, fully initialized, and no
-    // instance exists yet (this runs during module init, with the GIL).
-    // Slots of heap types are writable; PyType_Modified invalidates caches.
+    // SAFETY: as in `patch_clear`. Slots of heap types are writable;
+    // PyType_Modified invalidates caches.
     unsafe {
-        if let Some(orig) = (*tp).tp_dealloc {
-            if store.set(orig).is_ok() {
-                (*tp).tp_dealloc = Some(replacement);
-                (*tp).tp_finalize = Some(finalize);
-                // Python subclasses inherit tp_finalize only with this flag
-                // (their subtype_dealloc then runs it).
-                (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_FINALIZE;
-                ffi::PyType_Modified(tp);
-            }
+        if replace_slot(&raw mut (*tp).tp_dealloc, store, replacement) {
+            (*tp).tp_finalize = Some(finalize);
+            // Python subclasses inherit tp_finalize only with this flag
+            // (their subtype_dealloc then runs it).
+            (*tp).tp_flags |= ffi::Py_TPFLAGS_HAVE_FINALIZE;
+            ffi::PyType_Modified(tp);
         }
     }
 }

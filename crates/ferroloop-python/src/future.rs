@@ -268,11 +268,8 @@ fn patch_new(tp: *mut ffi::PyTypeObject, store: &std::sync::OnceLock<NewFunc>, n
     // SAFETY: our own heap type, fully created, during module init with the
     // GIL held and before any subclass exists (subclasses copy tp_new).
     unsafe {
-        if let Some(orig) = (*tp).tp_new {
-            if store.set(orig).is_ok() {
-                (*tp).tp_new = Some(new);
-                ffi::PyType_Modified(tp);
-            }
+        if crate::util::replace_slot(&raw mut (*tp).tp_new, store, new) {
+            ffi::PyType_Modified(tp);
         }
     }
 }

@@ -334,6 +334,31 @@ pub fn with_gil(f: impl FnOnce(Python<'_>)) {
     }
 }
 
+/// Replaces the function in a type slot (`&raw mut (*tp).tp_new`, ...) with
+/// `new`, keeping the original in `store` for the replacement to forward to.
+/// False, and nothing changed, if the slot is empty or was replaced before.
+/// The caller calls `PyType_Modified` afterwards.
+///
+/// # Safety
+/// `slot` points into one of our own heap types, fully created, during
+/// module init with the GIL held, before instances or subclasses exist.
+pub unsafe fn replace_slot<F: Copy>(
+    slot: *mut Option<F>,
+    store: &std::sync::OnceLock<F>,
+    new: F,
+) -> bool {
+    // SAFETY: per the contract, `slot` is valid and nothing else uses it.
+    unsafe {
+        match *slot {
+            Some(orig) if store.set(orig).is_ok() => {
+                *slot = Some(new);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// `contextvars.copy_context()`.
 pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     // SAFETY: called with the GIL held (we have `py`); returns a new reference or NULL with an error set.
