@@ -6,14 +6,18 @@
 //! directly through [`Scheduler`].
 //!
 //! ## One iteration (asyncio's `_run_once`, kept exactly)
+//! Written once, in [`LoopCore`] (`loop_core.rs`), in phases a driver runs
+//! in order (the Python binding releases the GIL around the poll):
 //! 1. Drop cancelled timers: lazily from the head of the [`TimerHeap`], or by a
 //!    full compaction when most scheduled timers are cancelled.
 //! 2. Compute the poll timeout: zero when callbacks are ready or the loop is
 //!    stopping, else the time to the earliest timer, else "block".
-//! 3. Poll the [`Reactor`] (the caller releases the GIL around this step).
-//!    Wake-ups from other threads arrive through the [`Injector`].
-//! 4. Move every timer due by `now + clock_resolution` to the [`ReadyQueue`],
-//!    in `(deadline, sequence)` order.
+//! 3. Poll the [`Reactor`]. Wake-ups from other threads arrive through the
+//!    [`Injector`]; readiness of watched fds through the fd table
+//!    ([`io_table::IoTable`]).
+//! 4. Move injected items, then I/O callbacks, then every timer due by
+//!    `now + clock_resolution` (in `(deadline, sequence)` order) to the
+//!    [`ReadyQueue`].
 //! 5. Run exactly the callbacks that were ready when step 5 began; callbacks
 //!    they schedule wait for the next iteration.
 //!
@@ -21,12 +25,15 @@
 //! - Everything but the [`Injector`] belongs to the thread running the loop;
 //!   the injector is the only structure shared across threads (it is `Sync`).
 //! - Timer order is total: `(deadline, sequence)` with `f64::total_cmp`, so
-//!   `Ord` agrees with `Eq` even for NaN deadlines (NaN sorts last).
+//!   `Ord` agrees with `Eq` even for NaN deadlines; a NaN deadline is due at
+//!   once, as in asyncio (`max(0, nan)` is 0), see [`timer`].
 //! - No callback is ever dropped silently: cancelled entries are skipped by
 //!   the caller's run step, everything else runs exactly once.
 
 pub mod clock;
 pub mod injector;
+pub mod io_table;
+pub mod loop_core;
 pub mod reactor;
 pub mod ready;
 pub mod scheduler;
@@ -34,6 +41,7 @@ pub mod timer;
 
 pub use clock::{monotonic, resolution};
 pub use injector::Injector;
+pub use loop_core::{DeadSides, LoopCore, PollPlan, Poller};
 pub use reactor::Reactor;
 pub use ready::ReadyQueue;
 pub use scheduler::Scheduler;

@@ -9,7 +9,32 @@
 //! - Wake-ups from [`Reactor::waker`] are absorbed here and only reported
 //!   through [`Polled::woken`]; they never surface as I/O events.
 //! - A source registered with a token keeps it until deregistered; the
-//!   loop maps tokens to its own callbacks (the I/O issue builds on this).
+//!   loop maps tokens to its watchers ([`crate::io_table`]).
+//! - [`Reactor::deregister`] cleans up first and reports after: the source
+//!   count goes down even when the OS refuses (`EBADF`: the fd was closed
+//!   before it was unwatched), so the idle-poll skip keeps working.
+//!
+//! ## Edge-triggered epoll, level-triggered asyncio: the bridge
+//! mio registers every source edge-triggered (`EPOLLET`): after an event,
+//! no further event comes for that fd until its readiness changes, so its
+//! owner must read or write until `WouldBlock`. asyncio's `add_reader` /
+//! `add_writer` are level-triggered: the callback runs in every iteration
+//! while the fd is ready, whether or not it drained it. The rule, kept in
+//! one place ([`crate::LoopCore::collect`]):
+//! - after the loop dispatches an event of a watched fd, it re-arms the fd
+//!   with [`Reactor::rearm`] (`EPOLL_CTL_MOD` with the same interest). The
+//!   kernel re-checks readiness on every `MOD` and queues a new event if the
+//!   fd is still ready, so the next poll reports it again: level-triggered
+//!   delivery, one event per ready fd per iteration (asyncio's fairness);
+//! - an fd that became not-ready stays silent until its next edge.
+//!
+//! Facts about epoll this relies on: readiness belongs to the open file
+//! description, not the fd number, so a `dup` of a watched fd keeps the
+//! registration alive after the original is closed (asyncio has the same
+//! trap); closing the last descriptor of a file removes it from the epoll
+//! set silently, which is why deregistering a closed fd fails with `EBADF`
+//! and must still clean up; a forked child shares the parent's epoll
+//! instance, so a loop must not be used across `fork()`.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -100,11 +125,23 @@ impl Reactor {
             .reregister(&mut SourceFd(&fd), Token(token), interest)
     }
 
-    /// Stops watching `fd`.
+    /// Stops watching `fd`. The count goes down whatever the OS says: an
+    /// fd closed before this call (`EBADF`) is no longer watched either.
     pub fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
-        self.poll.registry().deregister(&mut SourceFd(&fd))?;
         self.sources = self.sources.saturating_sub(1);
-        Ok(())
+        self.poll.registry().deregister(&mut SourceFd(&fd))
+    }
+
+    /// Re-arms an edge-triggered registration so that a still-ready fd is
+    /// reported again by the next poll (the level-trigger bridge above).
+    pub fn rearm(
+        &mut self,
+        fd: RawFd,
+        token: usize,
+        readable: bool,
+        writable: bool,
+    ) -> io::Result<()> {
+        self.reregister(fd, token, readable, writable)
     }
 
     /// Waits for readiness; I/O events are passed to `on_event`.
@@ -194,5 +231,41 @@ mod tests {
         assert!(seen[0].readable);
         r.deregister(a.as_raw_fd()).unwrap();
         assert_eq!(r.source_count(), 0);
+    }
+
+    #[test]
+    fn deregister_of_a_closed_fd_still_counts_down() {
+        let mut r = Reactor::new().unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        r.register(fd, 1, true, false).unwrap();
+        drop(a); // closed before it is unwatched: a common asyncio pattern
+                 // EBADF, or ENOENT if a parallel test reused the number meanwhile
+        let err = r.deregister(fd).unwrap_err();
+        assert!(matches!(
+            err.raw_os_error(),
+            Some(libc::EBADF | libc::ENOENT)
+        ));
+        assert_eq!(r.source_count(), 0);
+    }
+
+    #[test]
+    fn rearm_reports_a_still_ready_fd_again() {
+        let mut r = Reactor::new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        r.register(a.as_raw_fd(), 3, true, false).unwrap();
+        b.write_all(b"x").unwrap();
+        let mut n = 0;
+        let short = Some(Duration::from_millis(50));
+        r.poll(short, |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        // edge-triggered: not reported again while nothing changes...
+        r.poll(Some(Duration::ZERO), |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        // ...until re-armed, while the byte is still unread
+        r.rearm(a.as_raw_fd(), 3, true, false).unwrap();
+        r.poll(short, |_| n += 1).unwrap();
+        assert_eq!(n, 2);
     }
 }

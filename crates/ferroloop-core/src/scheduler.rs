@@ -1,19 +1,24 @@
-//! [`Scheduler`]: the parts of the core composed into a complete loop for
-//! Rust callers (callbacks are boxed closures). The Python binding composes
-//! the same parts itself, because it must release the GIL around the poll
-//! and must not hold a borrow of its state while Python code runs; the
-//! iteration it performs is the one implemented here.
+//! [`Scheduler`]: a complete loop for Rust callers (callbacks are boxed
+//! closures), one of the two drivers of [`LoopCore`] (the Python binding's
+//! `_Loop` is the other). It runs the core's one iteration with no lock to
+//! release around the poll.
 
 use std::cell::Cell;
 use std::io;
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
-use crate::{clock, Cancellable, Injector, Reactor, ReadyQueue, TimerHeap, MAXIMUM_POLL_TIMEOUT};
+use crate::loop_core::{DeadSides, LoopCore, PollPlan};
+use crate::{clock, Cancellable, Injector};
+
+pub use crate::loop_core::poll_timeout;
 
 /// A callback run by the [`Scheduler`].
 pub type Callback = Box<dyn FnOnce(&mut Scheduler) + Send>;
+
+/// A callback run each iteration while its fd is ready (`add_reader`).
+pub type IoCallback = Arc<dyn Fn(&mut Scheduler) + Send + Sync>;
 
 /// Cancels a timer scheduled with [`Scheduler::call_at`].
 #[derive(Clone, Debug)]
@@ -36,43 +41,15 @@ impl Cancellable for Timer {
     }
 }
 
-/// Computes the poll timeout of one iteration (asyncio's rule).
-pub fn poll_timeout(
-    ready_or_stopping: bool,
-    next_deadline: Option<f64>,
-    now: f64,
-) -> Option<Duration> {
-    if ready_or_stopping {
-        return Some(Duration::ZERO);
-    }
-    next_deadline.map(|when| {
-        let secs = (when - now).clamp(0.0, MAXIMUM_POLL_TIMEOUT);
-        // A NaN deadline is due now (asyncio: max(0, nan) == 0).
-        Duration::from_secs_f64(if secs.is_nan() { 0.0 } else { secs })
-    })
-}
-
 /// A single-threaded event loop for Rust callbacks.
 pub struct Scheduler {
-    ready: ReadyQueue<Callback>,
-    timers: TimerHeap<Timer>,
-    reactor: Reactor,
-    injector: Arc<Injector<Callback>>,
-    stopping: bool,
-    resolution: f64,
+    core: LoopCore<Callback, Timer, IoCallback>,
 }
 
 impl Scheduler {
     pub fn new() -> io::Result<Self> {
-        let reactor = Reactor::new()?;
-        let injector = Arc::new(Injector::new(reactor.waker()));
         Ok(Self {
-            ready: ReadyQueue::new(),
-            timers: TimerHeap::new(),
-            reactor,
-            injector,
-            stopping: false,
-            resolution: clock::resolution(),
+            core: LoopCore::new()?,
         })
     }
 
@@ -81,7 +58,7 @@ impl Scheduler {
     }
 
     pub fn call_soon(&mut self, cb: impl FnOnce(&mut Scheduler) + Send + 'static) {
-        self.ready.push(Box::new(cb));
+        self.core.ready.push(Box::new(cb));
     }
 
     pub fn call_at(
@@ -90,7 +67,7 @@ impl Scheduler {
         cb: impl FnOnce(&mut Scheduler) + Send + 'static,
     ) -> TimerHandle {
         let cancelled = Rc::new(Cell::new(false));
-        self.timers.push(
+        self.core.timers.push(
             when,
             Timer {
                 cancelled: Rc::clone(&cancelled),
@@ -100,42 +77,74 @@ impl Scheduler {
         TimerHandle(cancelled)
     }
 
+    /// Runs `cb` in every iteration while `fd` is readable (level-triggered,
+    /// as asyncio's `add_reader`); replaces an earlier reader of `fd`.
+    pub fn add_reader(
+        &mut self,
+        fd: RawFd,
+        cb: impl Fn(&mut Scheduler) + Send + Sync + 'static,
+    ) -> io::Result<()> {
+        self.core.add_reader(fd, Arc::new(cb)).map(drop)
+    }
+
+    /// Stops watching `fd` for reading; whether a reader was removed.
+    pub fn remove_reader(&mut self, fd: RawFd) -> bool {
+        matches!(self.core.remove_reader(fd), Ok(Some(_)))
+    }
+
+    /// Runs `cb` in every iteration while `fd` is writable.
+    pub fn add_writer(
+        &mut self,
+        fd: RawFd,
+        cb: impl Fn(&mut Scheduler) + Send + Sync + 'static,
+    ) -> io::Result<()> {
+        self.core.add_writer(fd, Arc::new(cb)).map(drop)
+    }
+
+    /// Stops watching `fd` for writing; whether a writer was removed.
+    pub fn remove_writer(&mut self, fd: RawFd) -> bool {
+        matches!(self.core.remove_writer(fd), Ok(Some(_)))
+    }
+
     /// A handle other threads use to schedule callbacks (thread-safe).
     pub fn injector(&self) -> Arc<Injector<Callback>> {
-        Arc::clone(&self.injector)
+        Arc::clone(self.core.injector())
     }
 
     /// Makes `run_forever` return after the current iteration.
     pub fn stop(&mut self) {
-        self.stopping = true;
+        self.core.stopping = true;
     }
 
-    /// One iteration; see the crate docs for the exact steps.
+    /// One iteration; see [`crate::loop_core`] for the phases.
     pub fn run_once(&mut self) -> io::Result<()> {
-        self.timers.purge_cancelled(drop);
-        let timeout = poll_timeout(
-            !self.ready.is_empty() || self.stopping,
-            self.timers.next_deadline(),
-            self.time(),
+        let core = &mut self.core;
+        let plan = core.prepare(drop);
+        if let PollPlan::Now | PollPlan::Block(_) = plan {
+            let timeout = match plan {
+                PollPlan::Block(t) => t,
+                _ => Some(std::time::Duration::ZERO),
+            };
+            let mut poller = core.take_poller();
+            poller.poll(timeout);
+            core.put_poller(poller)?;
+        }
+        let ntodo = core.collect(
+            |w, readable, writable, ready| {
+                for (ok, cb) in [(readable, &w.reader), (writable, &w.writer)] {
+                    if let (true, Some(cb)) = (ok, cb) {
+                        let cb = Arc::clone(cb);
+                        ready.push(Box::new(move |s: &mut Scheduler| cb(s)));
+                    }
+                }
+                DeadSides::default()
+            },
+            |t| (!t.cancelled.get()).then_some(t.callback),
         );
-        let skip_poll = timeout == Some(Duration::ZERO)
-            && self.reactor.source_count() == 0
-            && !self.injector.is_notified();
-        if !skip_poll {
-            self.reactor.poll(timeout, |_| {})?;
-        }
-        for cb in self.injector.drain() {
-            self.ready.push(cb);
-        }
-        let end = self.time() + self.resolution;
-        let ready = &mut self.ready;
-        self.timers.pop_due(end, |t| {
-            if !t.cancelled.get() {
-                ready.push(t.callback);
-            }
-        });
-        for _ in 0..self.ready.begin_batch() {
-            let Some(cb) = self.ready.pop() else { break };
+        for _ in 0..ntodo {
+            let Some(cb) = self.core.ready.pop() else {
+                break;
+            };
             cb(self);
         }
         Ok(())
@@ -145,8 +154,8 @@ impl Scheduler {
     pub fn run_forever(&mut self) -> io::Result<()> {
         loop {
             self.run_once()?;
-            if self.stopping {
-                self.stopping = false;
+            if self.core.stopping {
+                self.core.stopping = false;
                 return Ok(());
             }
         }
@@ -156,7 +165,9 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::MAXIMUM_POLL_TIMEOUT;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     #[test]
     fn callbacks_then_timers_in_order() {
@@ -217,6 +228,38 @@ mod tests {
         s.run_forever().unwrap();
         assert!(s.time() - now < 10.0);
         th.join().unwrap();
+    }
+
+    #[test]
+    fn add_reader_is_level_triggered_until_removed() {
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        use std::os::unix::net::UnixStream;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let mut s = Scheduler::new().unwrap();
+        let (a, mut b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        b.write_all(b"xy").unwrap();
+        let fd = a.as_raw_fd();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let a = Arc::new(Mutex::new(a));
+        let (c, sock) = (Arc::clone(&calls), Arc::clone(&a));
+        s.add_reader(fd, move |s| {
+            // reads one byte per call: the fd stays ready after the first
+            let mut one = [0u8; 1];
+            let n = sock.lock().unwrap().read(&mut one).unwrap_or(0);
+            if c.fetch_add(1, Ordering::SeqCst) == 1 {
+                assert_eq!(n, 1);
+                assert!(s.remove_reader(fd));
+                s.stop();
+            }
+        })
+        .unwrap();
+        s.run_forever().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(!s.remove_reader(fd));
+        drop(a);
     }
 
     #[test]
