@@ -1,6 +1,8 @@
 //! `_Loop`: the native half of `ferroloop.Loop` (the Python subclass adds the
 //! slow-path API: exception handler, executors, async generators, the
-//! `run_until_complete` wrapper).
+//! `run_until_complete` wrapper). This module holds its Python methods and
+//! the driver that runs the queues; the struct and its work items are in
+//! `crate::loop_state`.
 //!
 //! ## Invariants
 //! - The PyO3 borrow of the loop is held only for queue/heap manipulation,
@@ -15,175 +17,62 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferroloop_core::{clock, scheduler::poll_timeout, Injector, Reactor, ReadyQueue, TimerHeap};
-use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError};
+use ferroloop_core::{clock, LoopCore, PollPlan};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::future::{self, Future, TaskStepMethWrapper, TaskWakeup};
-use crate::gc::Adopted;
+use crate::aio::{imports, in_context};
+use crate::errors::{is_exit_exception, os_error};
+use crate::future::{self, task_context, Future};
 use crate::handle::{self, report_callback_error, Handle, TimerEntry, TimerHandle};
-use crate::util::{extract_stack, imports, in_context, is_exit_exception};
-
-/// A unit of work in the ready queue.
-pub enum Ready {
-    /// A `Handle` from `call_soon` / a due timer.
-    Handle(Py<Handle>),
-    /// A future's done callback `func(fut)` in `ctx`.
-    FutCallback {
-        func: Py<PyAny>,
-        fut: Py<PyAny>,
-        ctx: Adopted,
-    },
-    /// `task.__step(exc)` in the task's context.
-    Step {
-        task: Py<Future>,
-        exc: Option<Py<PyAny>>,
-    },
-    /// `task.__wakeup(fut)` in the task's context.
-    Wakeup { task: Py<Future>, fut: Py<PyAny> },
-}
-
-fn closed_error() -> PyErr {
-    PyRuntimeError::new_err("Event loop is closed")
-}
-
-#[pyclass(module = "ferroloop._ferroloop", name = "_Loop", subclass, weakref)]
-pub struct Loop {
-    pub(crate) ready: ReadyQueue<Ready>,
-    pub(crate) timers: TimerHeap<TimerEntry>,
-    reactor: Option<Reactor>,
-    injector: Arc<Injector<Ready>>,
-    stopping: bool,
-    closed: bool,
-    running: bool,
-    pub(crate) debug: bool,
-    slow_callback_duration: f64,
-    resolution: f64,
-    task_factory: Option<Py<PyAny>>,
-    native_tasks: bool,
-}
+use crate::io::fd_watch::{self, FdKey};
+use crate::loop_state::{Loop, Ready};
 
 impl Loop {
-    /// Queues `item` (the loop's `call_soon` for internal work).
-    pub(crate) fn push_ready(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<()> {
-        let mut s = slf
-            .try_borrow_mut()
-            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-        if s.closed {
-            return Err(closed_error());
-        }
-        if !s.debug {
-            // Pinning touches only the task (no Python code runs).
-            if let Ready::Step { task, .. } = &item {
-                future::pin_task(task.bind(slf.py()));
-            }
-            s.ready.push(item);
-            return Ok(());
-        }
-        drop(s);
-        let h = Loop::item_to_handle(slf, item)?;
-        slf.borrow_mut().ready.push(Ready::Handle(h));
-        Ok(())
-    }
-
-    /// Wraps a lightweight item into an asyncio-style `Handle` (debug mode
-    /// and error reports).
-    fn item_to_handle(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<Py<Handle>> {
-        let py = slf.py();
-        let lp = slf.clone().into_any().unbind();
-        let debug = slf.borrow().debug;
-        let tb = if debug {
-            Some(extract_stack(py)?)
-        } else {
-            None
-        };
-        let (cb, args, ctx): (Py<PyAny>, Py<PyTuple>, Adopted) = match item {
-            Ready::Handle(h) => return Ok(h),
-            Ready::FutCallback { func, fut, ctx } => (func, PyTuple::new(py, [fut])?.unbind(), ctx),
-            Ready::Step { task, exc } => {
-                let ctx = Adopted::shared(task_context(py, &task));
-                (
-                    Py::new(py, TaskStepMethWrapper { task, exc })?.into_any(),
-                    PyTuple::empty(py).unbind(),
-                    ctx,
-                )
-            }
-            Ready::Wakeup { task, fut } => {
-                let ctx = Adopted::shared(task_context(py, &task));
-                (
-                    Py::new(py, TaskWakeup { task })?.into_any(),
-                    PyTuple::new(py, [fut])?.unbind(),
-                    ctx,
-                )
-            }
-        };
-        Py::new(py, Handle::new(cb, args, lp, ctx, tb))
-    }
-
-    fn check_closed(&self) -> PyResult<()> {
-        if self.closed {
-            Err(closed_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// One iteration (asyncio's `_run_once`).
+    /// One iteration: `ferroloop_core::LoopCore`'s phases, with the GIL
+    /// released around a blocking poll.
+    ///
+    /// Signal handlers run before the reactor leaves the core and after it
+    /// is back: a Python handler that raises (Ctrl-C's `KeyboardInterrupt`)
+    /// can never cost the loop its reactor.
     fn run_once(slf: &Bound<'_, Loop>) -> PyResult<()> {
         let py = slf.py();
         let mut purged: Vec<TimerEntry> = Vec::new();
-        let (timeout, reactor) = {
-            let mut s = slf.borrow_mut();
-            s.timers.purge_cancelled(|e| purged.push(e));
-            let busy = !s.ready.is_empty() || s.stopping;
-            let deadline = s.timers.next_deadline();
-            // Read the clock only when the timeout depends on it.
-            let now = if busy || deadline.is_none() {
-                0.0
-            } else {
-                clock::monotonic()
-            };
-            let timeout = poll_timeout(busy, deadline, now);
-            let idle_poll = timeout == Some(Duration::ZERO)
-                && s.reactor.as_ref().is_some_and(|r| r.source_count() == 0)
-                && !s.injector.is_notified();
-            (timeout, if idle_poll { None } else { s.reactor.take() })
-        };
-        for e in &purged {
-            handle::unpin(e.base.bind(py).as_any());
+        let plan = slf.borrow_mut().core.prepare(|e| purged.push(e));
+        if !purged.is_empty() {
+            for e in &purged {
+                handle::unpin(e.base.bind(py).as_any());
+            }
+            drop(purged);
         }
-        drop(purged);
-        if let Some(mut reactor) = reactor {
-            let polled = if timeout == Some(Duration::ZERO) {
-                reactor.poll(timeout, |_| {})
-            } else {
-                py.check_signals()
-                    .inspect_err(|_| slf.borrow_mut().reactor = None)?;
-                py.detach(|| reactor.poll(timeout, |_| {}))
-            };
-            slf.borrow_mut().reactor = Some(reactor);
-            let polled = polled.map_err(|e| PyOSError::new_err(e.to_string()))?;
-            if polled.interrupted {
+        let polled = match plan {
+            PollPlan::Skip => None,
+            PollPlan::Now => {
+                let mut s = slf.borrow_mut();
+                let mut poller = s.core.take_poller();
+                poller.poll(Some(Duration::ZERO));
+                Some(s.core.put_poller(poller))
+            }
+            PollPlan::Block(timeout) => {
+                py.check_signals()?;
+                let mut poller = slf.borrow_mut().core.take_poller();
+                py.detach(|| poller.poll(timeout));
+                Some(slf.borrow_mut().core.put_poller(poller))
+            }
+        };
+        if let Some(polled) = polled {
+            if polled.map_err(os_error)?.interrupted {
                 py.check_signals()?;
             }
         }
-        let ntodo = {
-            let mut s = slf.borrow_mut();
-            let s = &mut *s;
-            for item in s.injector.drain_if_notified() {
-                s.ready.push(item);
-            }
-            if !s.timers.is_empty() {
-                let end = clock::monotonic() + s.resolution;
-                let ready = &mut s.ready;
-                s.timers.pop_due(end, |e| ready.push(Ready::Handle(e.base)));
-            }
-            s.ready.begin_batch()
-        };
+        let ntodo = slf.borrow_mut().core.collect(
+            |w, readable, writable, ready| fd_watch::on_ready(py, w, readable, writable, ready),
+            |e| Some(Ready::Handle(e.base)),
+        );
         for _ in 0..ntodo {
-            let item = match slf.borrow_mut().ready.pop() {
+            let item = match slf.borrow_mut().core.ready.pop() {
                 Some(i) => i,
                 None => break,
             };
@@ -239,8 +128,9 @@ impl Loop {
                 }
             }
             Ready::Step { task, exc } => {
-                let t = task.bind(py);
-                let ctx = task_context(py, &task);
+                // SAFETY: Step items hold a native task (`crate::loop_state`).
+                let t = unsafe { task.bind(py).cast_unchecked::<Future>() };
+                let ctx = task_context(t);
                 let r = in_context(ctx.bind(py), || {
                     future::task_step(t, exc.as_ref().map(|e| e.bind(py).clone()))
                 });
@@ -252,8 +142,9 @@ impl Loop {
                 r
             }
             Ready::Wakeup { task, fut } => {
-                let t = task.bind(py);
-                let ctx = task_context(py, &task);
+                // SAFETY: Wakeup items hold a native task (`crate::loop_state`).
+                let t = unsafe { task.bind(py).cast_unchecked::<Future>() };
+                let ctx = task_context(t);
                 let r = in_context(ctx.bind(py), || future::task_wakeup(t, fut.bind(py)));
                 Loop::report_item_error(slf, r, || Ready::Wakeup {
                     task: task.clone_ref(py),
@@ -273,7 +164,7 @@ impl Loop {
             Ok(()) => Ok(()),
             Err(e) if is_exit_exception(py, &e) => Err(e),
             Err(e) => {
-                let h = Loop::item_to_handle(slf, rebuild())?.into_bound(py);
+                let h = future::item_to_handle(slf, rebuild())?.into_bound(py);
                 let (cb, args) = {
                     let inner = h.get().inner.lock();
                     (
@@ -356,7 +247,7 @@ impl Loop {
         if !s.debug {
             handle::pin(h.bind(py).as_any());
         }
-        s.ready.push(Ready::Handle(h.clone_ref(py)));
+        s.core.ready.push(Ready::Handle(h.clone_ref(py)));
         Ok(h)
     }
 }
@@ -382,33 +273,17 @@ fn check_callback_fast(callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()
     Ok(())
 }
 
-fn task_context(py: Python<'_>, task: &Py<Future>) -> Py<PyAny> {
-    task.bind(py)
-        .borrow()
-        .task
-        .as_ref()
-        .map(|t| t.context.inner().clone_ref(py))
-        .expect("Ready::Step/Wakeup hold tasks")
-}
-
 #[pymethods]
 impl Loop {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let reactor = Reactor::new().map_err(|e| PyOSError::new_err(e.to_string()))?;
-        let injector = Arc::new(Injector::new(reactor.waker()));
         Ok(Loop {
-            ready: ReadyQueue::new(),
-            timers: TimerHeap::new(),
-            reactor: Some(reactor),
-            injector,
-            stopping: false,
+            core: LoopCore::new().map_err(os_error)?,
             closed: false,
             running: false,
             debug: false,
             slow_callback_duration: 0.1,
-            resolution: clock::resolution(),
             task_factory: None,
             native_tasks: true,
         })
@@ -420,7 +295,7 @@ impl Loop {
 
     #[getter]
     fn _clock_resolution(&self) -> f64 {
-        self.resolution
+        self.core.resolution()
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -439,11 +314,11 @@ impl Loop {
             if !s.debug {
                 handle::pin(h.bind(py).as_any());
             }
-            Arc::clone(&s.injector)
+            Arc::clone(s.core.injector())
         };
         injector
             .push(Ready::Handle(h.clone_ref(py)))
-            .map_err(|e| PyOSError::new_err(e.to_string()))?;
+            .map_err(os_error)?;
         Ok(h)
     }
 
@@ -490,18 +365,38 @@ impl Loop {
         Loop::schedule_timer(slf, when_f, when_obj, callback, args, context, "call_at")
     }
 
-    fn _timer_handle_cancelled(&mut self, handle: &Bound<'_, PyAny>) {
-        let _ = handle;
-        self.timers.note_cancelled();
+    /// asyncio's hook for a cancelled `TimerHandle`: counted (it decides
+    /// when the heap is compacted) only if the handle is scheduled here.
+    /// ferroloop's own TimerHandles count themselves (`crate::handle`).
+    fn _timer_handle_cancelled(&mut self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        let scheduled = match handle.cast::<TimerHandle>() {
+            Ok(th) => th
+                .get()
+                .scheduled
+                .load(std::sync::atomic::Ordering::Relaxed),
+            Err(_) => handle
+                .getattr(pyo3::intern!(handle.py(), "_scheduled"))?
+                .is_truthy()?,
+        };
+        if scheduled {
+            self.core.timers.note_cancelled();
+        }
+        Ok(())
+    }
+
+    /// asyncio's `_timer_cancelled_count`: cancelled timers still in the heap.
+    #[getter]
+    fn _timer_cancelled_count(&self) -> usize {
+        self.core.timers.cancelled_count()
     }
 
     fn stop(&mut self) {
-        self.stopping = true;
+        self.core.stopping = true;
     }
 
     #[getter]
     fn _stopping(&self) -> bool {
-        self.stopping
+        self.core.stopping
     }
 
     fn is_running(&self) -> bool {
@@ -649,12 +544,12 @@ impl Loop {
             if let Err(e) = Loop::run_once(slf) {
                 break Err(e);
             }
-            if slf.borrow().stopping {
+            if slf.borrow().core.stopping {
                 break Ok(());
             }
         };
         let mut s = slf.borrow_mut();
-        s.stopping = false;
+        s.core.stopping = false;
         s.running = false;
         result
     }
@@ -662,7 +557,7 @@ impl Loop {
     /// Marks the loop closed and drops pending work (the Python `close`
     /// adds executor shutdown).
     fn _close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        let (ready, timers, injected) = {
+        let (ready, timers, injected, watched) = {
             let mut s = slf.borrow_mut();
             if s.running {
                 return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
@@ -671,40 +566,89 @@ impl Loop {
                 return Ok(());
             }
             s.closed = true;
-            let ready: Vec<Ready> = s.ready.drain().collect();
-            let timers = s.timers.clear();
-            let injected = s.injector.drain();
-            (ready, timers, injected)
+            let ready: Vec<Ready> = s.core.ready.drain().collect();
+            let timers = s.core.timers.clear();
+            let injected = s.core.injector().drain();
+            let watched = s.core.unwatch_all();
+            (ready, timers, injected, watched)
         };
         let py = slf.py();
         for item in ready.iter().chain(injected.iter()) {
             match item {
                 Ready::Handle(h) => handle::unpin(h.bind(py).as_any()),
-                Ready::Step { task, .. } => future::unpin_task(task.bind(py)),
+                Ready::Step { task, .. } => {
+                    // SAFETY: Step items hold a native task (`crate::loop_state`).
+                    future::unpin_task(unsafe { task.bind(py).cast_unchecked::<Future>() })
+                }
                 Ready::FutCallback { .. } | Ready::Wakeup { .. } => {}
             }
         }
         for e in &timers {
             handle::unpin(e.base.bind(py).as_any());
         }
-        drop((ready, timers, injected));
+        drop((ready, timers, injected, watched));
         Ok(())
     }
 
     /// Number of callbacks waiting in the ready queue.
     fn _ready_count(&self) -> usize {
-        self.ready.len()
+        self.core.ready.len()
     }
 
     /// Number of entries in the timer heap (cancelled ones included).
     fn _timer_count(&self) -> usize {
-        self.timers.len()
+        self.core.timers.len()
+    }
+
+    /// asyncio's `BaseSelectorEventLoop._add_reader`: `callback(*args)` runs
+    /// in every iteration while `fd` is readable; replaces (and cancels) an
+    /// earlier reader of `fd`. Returns the new Handle.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Loop::watch_fd(slf, fd, callback, args, true)
+    }
+
+    /// The writing twin of `_add_reader`.
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: &Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Loop::watch_fd(slf, fd, callback, args, false)
+    }
+
+    /// asyncio's `_remove_reader`: whether a reader was removed (it is
+    /// cancelled). False on a closed loop.
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Loop::unwatch_fd(slf, fd, true)
+    }
+
+    /// The writing twin of `_remove_reader`.
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Loop::unwatch_fd(slf, fd, false)
+    }
+
+    /// What a selector's `get_key(fd)` says of a watched fd, as
+    /// `(fileobj, fd, events, reader, writer)` (events: 1 read, 2 write);
+    /// None when it is not watched. For `ferroloop.Loop._selector`.
+    fn _fd_key(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>) -> PyResult<Option<FdKey>> {
+        Loop::fd_key(slf, fileobj)
+    }
+
+    /// Number of fds the reactor watches (`add_reader`/`add_writer`).
+    fn _io_source_count(&self) -> usize {
+        self.core.source_count()
     }
 
     fn _write_to_self(&self) -> PyResult<()> {
-        self.injector
-            .wake()
-            .map_err(|e| PyOSError::new_err(e.to_string()))
+        self.core.injector().wake().map_err(os_error)
     }
 }
 
@@ -736,7 +680,7 @@ impl Loop {
         if !s.debug {
             handle::pin(th.as_any());
         }
-        s.timers.push(when, entry);
+        s.core.timers.push(when, entry);
         drop(s);
         Ok(th.unbind())
     }

@@ -26,7 +26,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
-use crate::event_loop::Loop;
+use crate::loop_state::Loop;
 
 /// A `PyMethodDef` in a static (CPython keeps the pointer).
 struct MethodDef(ffi::PyMethodDef);
@@ -64,6 +64,10 @@ pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
 }
 
 /// `_Loop.call_soon(callback, *args, context=None)`.
+///
+/// # Safety
+/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of `_Loop`
+/// (see [`call_soon_impl`]).
 unsafe extern "C" fn call_soon(
     slf: *mut ffi::PyObject,
     args: *const *mut ffi::PyObject,
@@ -87,6 +91,11 @@ unsafe extern "C" fn call_soon(
     }
 }
 
+/// # Safety
+/// GIL held; `slf` is a live `_Loop` (the method descriptor checked it);
+/// `args[..nargs + len(kwnames)]` are live borrowed references for the
+/// duration of the call (the vectorcall contract), `kwnames` a tuple of str
+/// or NULL.
 unsafe fn call_soon_impl<'py>(
     py: Python<'py>,
     slf: *mut ffi::PyObject,
@@ -94,17 +103,19 @@ unsafe fn call_soon_impl<'py>(
     nargsf: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<Bound<'py, PyAny>> {
-    // SAFETY (whole function): GIL held; `slf` is a live `_Loop` (the
-    // method descriptor checked it); `args[..nargs + len(kwnames)]` are
-    // live borrowed references for the duration of the call.
+    // SAFETY: a pure computation on the vectorcall `nargsf`.
     let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) };
+    // SAFETY: `args` holds at least `nargs` live references (contract).
     let positional = unsafe { std::slice::from_raw_parts(args, nargs as usize) };
     let mut context = None;
     let mut callback_kw = None;
     if !kwnames.is_null() {
+        // SAFETY: a non-NULL `kwnames` is a live tuple (contract).
         let names = unsafe { Bound::from_borrowed_ptr(py, kwnames) };
         let names = names.cast_into::<PyTuple>()?;
         for (i, name) in names.iter().enumerate() {
+            // SAFETY: one live value per keyword name follows the positional
+            // arguments in `args` (contract).
             let value = unsafe { Bound::from_borrowed_ptr(py, *args.add(nargs as usize + i)) };
             let name = name.cast_into::<PyString>()?;
             match name.to_str()? {
@@ -126,6 +137,7 @@ unsafe fn call_soon_impl<'py>(
         }
     }
     let (callback, rest) = match (positional.split_first(), callback_kw) {
+        // SAFETY: a live positional argument (contract).
         (Some((&cb, rest)), _) => (unsafe { Bound::from_borrowed_ptr(py, cb) }, rest),
         (None, Some(cb)) => (cb, positional),
         (None, None) => {
@@ -137,9 +149,12 @@ unsafe fn call_soon_impl<'py>(
     let cb_args = PyTuple::new(
         py,
         rest.iter()
+            // SAFETY: live positional arguments (contract).
             .map(|&a| unsafe { Bound::from_borrowed_ptr(py, a) }),
     )?;
+    // SAFETY: `slf` is live (contract).
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    // SAFETY: the method descriptor checked that `slf` is a `_Loop`.
     let slf = unsafe { slf.cast_into_unchecked::<Loop>() };
     Loop::call_soon(&slf, &callback, &cb_args, context).map(|h| h.into_bound(py).into_any())
 }

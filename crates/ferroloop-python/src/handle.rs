@@ -6,8 +6,20 @@
 //! They report asyncio's classes through `__class__`, so
 //! `isinstance(h, asyncio.TimerHandle)` holds, and their reprs are asyncio's
 //! (asyncio's own `_repr_info` runs on them).
+//!
+//! ## Invariants
+//! - Outside debug mode, a handle the loop queues is pinned (out of the
+//!   collector's lists, see `crate::gc`) until it leaves the queues
+//!   ([`pin`], [`unpin`]).
+//! - The loop's queues hold handles, so `crate::loop_state` sits above this
+//!   module, and the future module above both. What handles need from them
+//!   comes through hooks registered once at module init, before any handle
+//!   exists: [`LoopHooks`] (ferroloop's loop: its debug flag, its timer
+//!   heap's cancelled count) and [`DirectCall`] (`fut.set_result(v)` done
+//!   without a call). Both are plain function pointers: one indirect call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
@@ -15,9 +27,50 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyTypeInfo};
 
-use crate::event_loop::Loop;
+use crate::aio::{copy_context, extract_stack, imports, in_context};
+use crate::errors::is_exit_exception;
 use crate::gc::{self, Adopted};
-use crate::util::{imports, in_context, is_exit_exception};
+
+/// What handles need from ferroloop's own loop (`crate::loop_state`, which
+/// registers it with [`set_loop_hooks`] at module init). Unregistered, every
+/// loop is treated as a foreign one: correct, only slower.
+pub(crate) struct LoopHooks {
+    /// `loop.get_debug()`, without a Python call for ferroloop's own loop.
+    pub debug: fn(&Bound<'_, PyAny>) -> PyResult<bool>,
+    /// `TimerHandle.cancel()` on ferroloop's loop: counts the timer as
+    /// cancelled in the loop's heap if it is still `scheduled` there, and
+    /// returns true; false (nothing done) for any other loop.
+    pub timer_cancelled: fn(&Bound<'_, PyAny>, &AtomicBool) -> bool,
+}
+
+static LOOP_HOOKS: OnceLock<LoopHooks> = OnceLock::new();
+
+/// Registers [`LoopHooks`] (once; later calls are ignored).
+pub(crate) fn set_loop_hooks(hooks: LoopHooks) {
+    let _ = LOOP_HOOKS.set(hooks);
+}
+
+/// `loop.call_soon(fut.set_result, value)` is the commonest way to resolve a
+/// future from a callback: given a handle's callback and arguments, the
+/// future module's `direct_set_result` runs exactly that call without the
+/// Python call machinery, or returns `None` when it is not that case. It
+/// only takes the call for a future on ferroloop's loop, whose completion
+/// only queues ready items: no Python code runs, which lets [`Handle::run`]
+/// skip entering the handle's context. Registered with [`set_direct_call`]
+/// at module init.
+pub(crate) type DirectCall = fn(&Bound<'_, PyAny>, &Bound<'_, PyTuple>) -> Option<PyResult<()>>;
+
+static DIRECT_CALL: OnceLock<DirectCall> = OnceLock::new();
+
+/// Registers the [`DirectCall`] (once; later calls are ignored).
+pub(crate) fn set_direct_call(f: DirectCall) {
+    let _ = DIRECT_CALL.set(f);
+}
+
+#[inline]
+fn direct_call(callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> Option<PyResult<()>> {
+    (DIRECT_CALL.get()?)(callback, args)
+}
 
 pub(crate) struct HandleInner {
     pub callback: Option<Py<PyAny>>,
@@ -68,10 +121,10 @@ impl Handle {
     ) -> PyResult<Self> {
         let context = match context {
             Some(c) if !c.is_none(py) => Adopted::shared(c),
-            _ => Adopted::adopt(crate::util::copy_context(py)?),
+            _ => Adopted::adopt(copy_context(py)?),
         };
         let tb = if debug {
-            Some(crate::util::extract_stack(py)?)
+            Some(extract_stack(py)?)
         } else {
             None
         };
@@ -102,16 +155,14 @@ impl Handle {
         // `Context.run` would refuse). Either way the check runs once.
         let ctx = h.context.inner().bind(py);
         let res = if h.context.is_adopted() {
-            match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
+            match direct_call(cb.bind(py), args.bind(py)) {
                 Some(r) => r,
                 None => in_context(ctx, || cb.bind(py).call1(args.bind(py)).map(|_| ())),
             }
         } else {
-            in_context(ctx, || {
-                match crate::future::direct_set_result(cb.bind(py), args.bind(py)) {
-                    Some(r) => r,
-                    None => cb.bind(py).call1(args.bind(py)).map(|_| ()),
-                }
+            in_context(ctx, || match direct_call(cb.bind(py), args.bind(py)) {
+                Some(r) => r,
+                None => cb.bind(py).call1(args.bind(py)).map(|_| ()),
             })
         };
         if let Err(err) = res {
@@ -131,7 +182,7 @@ impl Handle {
         Ok(())
     }
 
-    fn do_cancel(&self, py: Python<'_>, slf: &Bound<'_, PyAny>) -> PyResult<()> {
+    pub(crate) fn do_cancel(&self, py: Python<'_>, slf: &Bound<'_, PyAny>) -> PyResult<()> {
         if self.cancelled.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -169,12 +220,13 @@ pub(crate) fn unpin(h: &Bound<'_, PyAny>) {
     }
 }
 
-/// `loop.get_debug()`, without a Python call for ferroloop's own loop.
-pub(crate) fn loop_debug(lp: &Bound<'_, PyAny>) -> PyResult<bool> {
-    if let Ok(l) = lp.cast::<Loop>() {
-        return Ok(l.borrow().debug);
+/// `loop.get_debug()`, without a Python call for ferroloop's own loop
+/// ([`LoopHooks::debug`]).
+fn loop_debug(lp: &Bound<'_, PyAny>) -> PyResult<bool> {
+    match LOOP_HOOKS.get() {
+        Some(hooks) => (hooks.debug)(lp),
+        None => lp.call_method0(intern!(lp.py(), "get_debug"))?.is_truthy(),
     }
-    lp.call_method0(intern!(lp.py(), "get_debug"))?.is_truthy()
 }
 
 /// Sends a callback's exception to the loop's exception handler with
@@ -382,11 +434,10 @@ impl TimerHandle {
         let base = slf.as_super().get();
         if !base.is_cancelled() {
             let lp = base.lp.bind(py);
-            if let Ok(l) = lp.cast::<Loop>() {
-                if slf.get().scheduled.load(Ordering::Relaxed) {
-                    l.borrow_mut().timers.note_cancelled();
-                }
-            } else {
+            let native = LOOP_HOOKS
+                .get()
+                .is_some_and(|hooks| (hooks.timer_cancelled)(lp, &slf.get().scheduled));
+            if !native {
                 lp.call_method1(intern!(py, "_timer_handle_cancelled"), (slf,))?;
             }
         }
@@ -420,26 +471,30 @@ impl TimerHandle {
             return Ok(py.NotImplemented());
         };
         let (a, b) = (slf.get().when, o.get().when);
+        // asyncio's order: when, callback, args, cancelled -- each read when
+        // it is compared, and compared outside the handles' locks (the
+        // callbacks' own `__eq__` may run any code, `cancel()` included, and
+        // `h == h` would lock one mutex twice).
         let eq = || -> PyResult<bool> {
             if a != b {
                 return Ok(false);
             }
             let (ha, hb) = (slf.as_super().get(), o.as_super().get());
-            if ha.is_cancelled() != hb.is_cancelled() {
-                return Ok(false);
-            }
-            let (ia, ib) = (ha.inner.lock(), hb.inner.lock());
-            let cb_eq = match (&ia.callback, &ib.callback) {
-                (Some(x), Some(y)) => x.bind(py).eq(y.bind(py))?,
-                (None, None) => true,
-                _ => false,
+            type Field = fn(&HandleInner, Python<'_>) -> Option<Py<PyAny>>;
+            let field_eq = |get: Field| -> PyResult<bool> {
+                let x = get(&ha.inner.lock(), py);
+                let y = get(&hb.inner.lock(), py);
+                match (x, y) {
+                    (Some(x), Some(y)) => x.bind(py).eq(y.bind(py)),
+                    (None, None) => Ok(true),
+                    _ => Ok(false),
+                }
             };
-            let args_eq = match (&ia.args, &ib.args) {
-                (Some(x), Some(y)) => x.bind(py).eq(y.bind(py))?,
-                (None, None) => true,
-                _ => false,
-            };
-            Ok(cb_eq && args_eq)
+            Ok(
+                field_eq(|i, py| i.callback.as_ref().map(|c| c.clone_ref(py)))?
+                    && field_eq(|i, py| i.args.as_ref().map(|t| t.clone_ref(py).into_any()))?
+                    && ha.is_cancelled() == hb.is_cancelled(),
+            )
         };
         let r = match op {
             Lt => a < b,

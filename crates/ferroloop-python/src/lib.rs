@@ -6,32 +6,48 @@
 //!
 //! Rust panics never abort the interpreter: PyO3 catches them at every
 //! method boundary and raises `pyo3_runtime.PanicException` instead.
+//!
+//! This file is module init only. The modules form layers, each using only
+//! those below it; the few calls upward go through function-pointer hooks
+//! and traits that the higher module installs during the init below (the
+//! submodules of `future` form one layer and use each other freely):
+//! 1. `gc`, `aio` (asyncio/contextvars calls), then `errors` and `slots`
+//!    (all CPython slot patching);
+//! 2. `handle`: `Handle`, `TimerHandle`;
+//! 3. `loop_state`: the `_Loop` struct and its ready-queue items;
+//! 4. `future`: `Future`, `Task`, the task step;
+//! 5. `io`: fd watches (and, next, transports, servers, socket operations);
+//! 6. `event_loop` (`_Loop`'s methods and driver), `fastcall`.
 
 #![allow(non_snake_case)] // asyncio's private names (`_Task__step`, `get__name` getters)
 
+mod aio;
+mod errors;
 mod event_loop;
 mod fastcall;
-mod finalize;
 mod future;
 mod gc;
 mod handle;
-mod util;
+mod io;
+mod loop_state;
+mod slots;
 
 use pyo3::prelude::*;
 
 #[pymodule(gil_used = true)]
 fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<event_loop::Loop>()?;
+    m.add_class::<loop_state::Loop>()?;
     m.add_class::<handle::Handle>()?;
     m.add_class::<handle::TimerHandle>()?;
     m.add_class::<future::Future>()?;
-    m.add_class::<future::Task>()?;
-    m.add_class::<future::FutureIter>()?;
-    m.add_class::<future::TaskStepMethWrapper>()?;
-    m.add_class::<future::TaskWakeup>()?;
-    finalize::install(m.py())?;
+    m.add_class::<future::task::Task>()?;
+    m.add_class::<future::iter::FutureIter>()?;
+    m.add_class::<future::step::TaskStepMethWrapper>()?;
+    m.add_class::<future::step::TaskWakeup>()?;
+    loop_state::install();
+    future::finalize::install(m.py())?;
     fastcall::install(m.py())?;
-    future::install_am_send(m.py());
+    future::iter::install_am_send(m.py());
     future::init_statics(m.py())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -1,40 +1,24 @@
-//! Shared helpers: the cache of asyncio objects the binding calls into, and
-//! running a callable inside a `contextvars.Context`.
+//! asyncio's current-task and all-tasks bookkeeping for native tasks
+//! ([`Registry`]): what `asyncio.current_task()` and `asyncio.all_tasks()`
+//! read, kept the way asyncio's own (C or Python) tasks keep it, beside the
+//! task code that uses it (`super::task`, `super::step`).
+//!
+//! ## Invariants
+//! - The registry is looked up once per interpreter; the containers it holds
+//!   are asyncio's own, shared with asyncio's Python and C code.
+//! - A task is current between [`Registry::enter`] and [`Registry::leave`]
+//!   around each of its steps, with asyncio's errors when another task is
+//!   current.
+//! - A native task registered through the `WeakSet`'s data (3.11) removes its
+//!   entry when its state is dropped (`super::task::TaskFields`'s `Drop`).
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::PyDict;
 use pyo3::{ffi, intern};
 
-/// asyncio objects looked up once per interpreter.
-pub struct Imports {
-    pub cancelled_error: Py<PyAny>,
-    pub invalid_state_error: Py<PyAny>,
-    pub aio_future: Py<PyAny>,
-    pub aio_task: Py<PyAny>,
-    pub aio_handle: Py<PyAny>,
-    pub aio_timer_handle: Py<PyAny>,
-    pub future_repr: Py<PyAny>,
-    pub future_repr_info: Py<PyAny>,
-    pub task_repr: Py<PyAny>,
-    pub task_repr_info: Py<PyAny>,
-    pub task_get_stack: Py<PyAny>,
-    pub task_print_stack: Py<PyAny>,
-    pub handle_repr_info: Py<PyAny>,
-    pub timer_repr_info: Py<PyAny>,
-    pub enter_task: Py<PyAny>,
-    pub leave_task: Py<PyAny>,
-    pub register_task: Py<PyAny>,
-    pub iscoroutine: Py<PyAny>,
-    pub get_event_loop: Py<PyAny>,
-    pub extract_stack: Py<PyAny>,
-    pub format_callback_source: Py<PyAny>,
-    pub isgenerator: Py<PyAny>,
-    pub generic_alias: Py<PyAny>,
-}
+use crate::aio::imports;
 
-static IMPORTS: PyOnceLock<Imports> = PyOnceLock::new();
 static REGISTRY: PyOnceLock<Registry> = PyOnceLock::new();
 
 /// asyncio's task bookkeeping (`current_task()`, `all_tasks()`), done with
@@ -229,10 +213,11 @@ fn dict_pop<'py>(
     let py = d.py();
     #[cfg(not(Py_3_13))]
     {
-        // SAFETY: GIL held; live dict and key. A missing key yields the
-        // default, a new reference: the dict itself serves as the sentinel
-        // (a dict value that is the dict itself is not a task either).
+        // A missing key yields the default, a new reference: the dict itself
+        // serves as the sentinel (a dict value that is the dict itself is not
+        // a task either).
         let sentinel = d.as_ptr();
+        // SAFETY: GIL held; live dict and key; `sentinel` is a live object.
         let v = unsafe { _PyDict_Pop(d.as_ptr(), key.as_ptr(), sentinel) };
         if v.is_null() {
             return Err(PyErr::fetch(py));
@@ -256,161 +241,4 @@ fn dict_pop<'py>(
         // SAFETY: on 1, `v` is a new reference.
         Ok((r == 1).then(|| unsafe { Bound::from_owned_ptr(py, v) }))
     }
-}
-
-fn attr(py: Python<'_>, module: &str, path: &str) -> PyResult<Py<PyAny>> {
-    let mut obj = py.import(module)?.into_any();
-    for part in path.split('.') {
-        obj = obj.getattr(part)?;
-    }
-    Ok(obj.unbind())
-}
-
-pub fn imports(py: Python<'_>) -> PyResult<&'static Imports> {
-    IMPORTS.get_or_try_init(py, || {
-        Ok(Imports {
-            cancelled_error: attr(py, "asyncio.exceptions", "CancelledError")?,
-            invalid_state_error: attr(py, "asyncio.exceptions", "InvalidStateError")?,
-            aio_future: attr(py, "asyncio.futures", "Future")?,
-            aio_task: attr(py, "asyncio.tasks", "Task")?,
-            aio_handle: attr(py, "asyncio.events", "Handle")?,
-            aio_timer_handle: attr(py, "asyncio.events", "TimerHandle")?,
-            future_repr: attr(py, "asyncio.base_futures", "_future_repr")?,
-            future_repr_info: attr(py, "asyncio.base_futures", "_future_repr_info")?,
-            task_repr: attr(py, "asyncio.base_tasks", "_task_repr")?,
-            task_repr_info: attr(py, "asyncio.base_tasks", "_task_repr_info")?,
-            task_get_stack: attr(py, "asyncio.base_tasks", "_task_get_stack")?,
-            task_print_stack: attr(py, "asyncio.base_tasks", "_task_print_stack")?,
-            handle_repr_info: attr(py, "asyncio.events", "Handle._repr_info")?,
-            timer_repr_info: attr(py, "asyncio.events", "TimerHandle._repr_info")?,
-            enter_task: attr(py, "asyncio.tasks", "_enter_task")?,
-            leave_task: attr(py, "asyncio.tasks", "_leave_task")?,
-            register_task: attr(py, "asyncio.tasks", "_register_task")?,
-            iscoroutine: attr(py, "asyncio.coroutines", "iscoroutine")?,
-            get_event_loop: attr(py, "asyncio.events", "_get_event_loop")?,
-            extract_stack: attr(py, "asyncio.format_helpers", "extract_stack")?,
-            format_callback_source: attr(py, "asyncio.format_helpers", "_format_callback_source")?,
-            isgenerator: attr(py, "inspect", "isgenerator")?,
-            generic_alias: attr(py, "types", "GenericAlias")?,
-        })
-    })
-}
-
-/// Builds an exception instance of the cached class `cls` with `msg`.
-pub fn new_exc<'py>(py: Python<'py>, cls: &Py<PyAny>, msg: impl IntoPyObject<'py>) -> PyErr {
-    match cls.bind(py).call1((msg,)) {
-        Ok(v) => PyErr::from_value(v),
-        Err(e) => e,
-    }
-}
-
-pub fn invalid_state(py: Python<'_>, msg: String) -> PyErr {
-    match imports(py) {
-        Ok(i) => new_exc(py, &i.invalid_state_error, msg),
-        Err(e) => e,
-    }
-}
-
-/// True for the two exceptions asyncio never routes to the exception handler.
-pub fn is_exit_exception(py: Python<'_>, err: &PyErr) -> bool {
-    err.is_instance_of::<PySystemExit>(py) || err.is_instance_of::<PyKeyboardInterrupt>(py)
-}
-
-/// Runs `f` attached to the interpreter from a destructor: by attaching
-/// (cheap when this thread holds the GIL already), or, during interpreter
-/// shutdown when PyO3 refuses to attach, directly if this thread holds the
-/// GIL; skipped otherwise.
-pub fn with_gil(f: impl FnOnce(Python<'_>)) {
-    let mut f = Some(f);
-    if Python::try_attach(|py| (f.take().expect("called once"))(py)).is_some() {
-        return;
-    }
-    // SAFETY: PyGILState_Check only reads the thread state.
-    if unsafe { ffi::PyGILState_Check() } == 1 {
-        if let Some(f) = f.take() {
-            // SAFETY: this thread holds the GIL.
-            f(unsafe { Python::assume_attached() });
-        }
-    }
-}
-
-/// Replaces the function in a type slot (`&raw mut (*tp).tp_new`, ...) with
-/// `new`, keeping the original in `store` for the replacement to forward to.
-/// False, and nothing changed, if the slot is empty or was replaced before.
-/// The caller calls `PyType_Modified` afterwards.
-///
-/// # Safety
-/// `slot` points into one of our own heap types, fully created, during
-/// module init with the GIL held, before instances or subclasses exist.
-pub unsafe fn replace_slot<F: Copy>(
-    slot: *mut Option<F>,
-    store: &std::sync::OnceLock<F>,
-    new: F,
-) -> bool {
-    // SAFETY: per the contract, `slot` is valid and nothing else uses it.
-    unsafe {
-        match *slot {
-            Some(orig) if store.set(orig).is_ok() => {
-                *slot = Some(new);
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
-/// `contextvars.copy_context()`.
-pub fn copy_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-    // SAFETY: called with the GIL held (we have `py`); returns a new reference or NULL with an error set.
-    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent()) }
-}
-
-/// Runs `f` with `ctx` as the current context (`ctx.run(f)`), like asyncio's
-/// `Handle._run`. Entering fails, as `Context.run` does, if `ctx` is already
-/// entered in this thread.
-pub fn in_context<'py, R>(ctx: &Bound<'py, PyAny>, f: impl FnOnce() -> PyResult<R>) -> PyResult<R> {
-    let py = ctx.py();
-    // SAFETY: ctx is a live object (borrowed for the call) and we hold the GIL.
-    // PyContext_Enter type-checks its argument and sets an exception on failure.
-    if unsafe { ffi::PyContext_Enter(ctx.as_ptr()) } < 0 {
-        return Err(PyErr::fetch(py));
-    }
-    let result = f();
-    // SAFETY: we entered exactly this context above, in this thread, and every
-    // nested enter made by `f` was exited by the time it returned.
-    if unsafe { ffi::PyContext_Exit(ctx.as_ptr()) } < 0 {
-        let exit_err = PyErr::fetch(py);
-        return result.and(Err(exit_err));
-    }
-    result
-}
-
-/// `loop.call_soon(callback, *args, context=ctx)` on an arbitrary loop.
-pub fn foreign_call_soon<'py>(
-    lp: &Bound<'py, PyAny>,
-    callback: Bound<'py, PyAny>,
-    arg: Option<Bound<'py, PyAny>>,
-    ctx: &Bound<'py, PyAny>,
-) -> PyResult<()> {
-    let py = lp.py();
-    let kwargs = PyDict::new(py);
-    kwargs.set_item(intern!(py, "context"), ctx)?;
-    let args = match arg {
-        Some(a) => PyTuple::new(py, [callback, a])?,
-        None => PyTuple::new(py, [callback])?,
-    };
-    lp.call_method(intern!(py, "call_soon"), args, Some(&kwargs))?;
-    Ok(())
-}
-
-/// `format_helpers.extract_stack(sys._getframe(depth))` for debug-mode
-/// source tracebacks.
-pub fn extract_stack(py: Python<'_>) -> PyResult<Py<PyAny>> {
-    let sys = py.import("sys")?;
-    let frame = sys.call_method1(intern!(py, "_getframe"), (0,))?;
-    Ok(imports(py)?
-        .extract_stack
-        .bind(py)
-        .call1((frame,))?
-        .unbind())
 }

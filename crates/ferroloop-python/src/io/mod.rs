@@ -1,0 +1,5 @@
+//! I/O on the loop: below the `_Loop` methods (`crate::event_loop`), above
+//! the loop state and handles.
+//! - [`fd_watch`]: `add_reader`/`add_writer` handles on the core's fd table.
+
+pub(crate) mod fd_watch;

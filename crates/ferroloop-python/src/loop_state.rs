@@ -1,0 +1,135 @@
+//! The state of `_Loop`, the native half of `ferroloop.Loop`: the [`Loop`]
+//! struct with its queues and flags, the [`Ready`] work items its ready
+//! queue holds, and what needs only that state (queueing internal work,
+//! the closed check, the debug flag). The Python methods and the driver
+//! that runs the queues are in `crate::event_loop`.
+//!
+//! ## Invariants
+//! - The PyO3 borrow of the loop is held only for queue/heap manipulation,
+//!   never while Python code runs.
+//! - In debug mode every scheduled item is a real `Handle` (source
+//!   tracebacks, slow-callback warnings name it); otherwise futures and
+//!   tasks schedule lightweight [`Ready`] items without allocating Handles.
+//!   [`Loop::push_ready`] therefore hands an item back in debug mode, for
+//!   the future module to wrap.
+//! - `Ready::Step` and `Ready::Wakeup` hold their task as `Py<PyAny>` (this
+//!   module sits below the future module): only the future module queues
+//!   them, always with a native task (a `crate::future::Future` whose task
+//!   state is set), so their users may cast it unchecked.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ferroloop_core::LoopCore;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::intern;
+use pyo3::prelude::*;
+
+use crate::errors::closed_error;
+use crate::gc::Adopted;
+use crate::handle::{self, Handle, LoopHooks, TimerEntry};
+
+/// A unit of work in the ready queue.
+pub enum Ready {
+    /// A `Handle` from `call_soon` / a due timer.
+    Handle(Py<Handle>),
+    /// A future's done callback `func(fut)` in `ctx`.
+    FutCallback {
+        func: Py<PyAny>,
+        fut: Py<PyAny>,
+        ctx: Adopted,
+    },
+    /// `task.__step(exc)` in the task's context. `task` is a native task
+    /// (see the module docs).
+    Step {
+        task: Py<PyAny>,
+        exc: Option<Py<PyAny>>,
+    },
+    /// `task.__wakeup(fut)` in the task's context. `task` is a native task
+    /// (see the module docs).
+    Wakeup { task: Py<PyAny>, fut: Py<PyAny> },
+}
+
+/// One side (reader or writer) of a watched fd: what `_add_reader` returned
+/// and the object it was given (an int or anything with `fileno()`; a
+/// closed socket is still found by identity, as a selector finds it).
+pub struct FdWatch {
+    pub handle: Py<Handle>,
+    pub fileobj: Py<PyAny>,
+}
+
+#[pyclass(module = "ferroloop._ferroloop", name = "_Loop", subclass, weakref)]
+pub struct Loop {
+    /// The state the iteration runs on (ready queue, timer heap, reactor,
+    /// injector, the fd table of `add_reader`/`add_writer` handles): the
+    /// one iteration is `ferroloop_core::LoopCore`'s, driven by
+    /// `crate::event_loop`.
+    pub(crate) core: LoopCore<Ready, TimerEntry, FdWatch>,
+    pub(crate) closed: bool,
+    pub(crate) running: bool,
+    pub(crate) debug: bool,
+    pub(crate) slow_callback_duration: f64,
+    pub(crate) task_factory: Option<Py<PyAny>>,
+    pub(crate) native_tasks: bool,
+}
+
+impl Loop {
+    /// Queues `item` (the loop's `call_soon` for internal work), calling
+    /// `on_queued` (which must run no Python code) just before. In debug
+    /// mode nothing is queued: the item comes back, for the caller to wrap
+    /// into a `Handle` and queue that (`crate::future::step::push_ready`).
+    pub(crate) fn push_ready(
+        slf: &Bound<'_, Loop>,
+        item: Ready,
+        on_queued: impl FnOnce(),
+    ) -> PyResult<Option<Ready>> {
+        let mut s = slf
+            .try_borrow_mut()
+            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        if s.closed {
+            return Err(closed_error());
+        }
+        if !s.debug {
+            on_queued();
+            s.core.ready.push(item);
+            return Ok(None);
+        }
+        Ok(Some(item))
+    }
+
+    pub(crate) fn check_closed(&self) -> PyResult<()> {
+        if self.closed {
+            Err(closed_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// `loop.get_debug()`, without a Python call for ferroloop's own loop.
+pub(crate) fn loop_debug(lp: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if let Ok(l) = lp.cast::<Loop>() {
+        return Ok(l.borrow().debug);
+    }
+    lp.call_method0(intern!(lp.py(), "get_debug"))?.is_truthy()
+}
+
+/// [`LoopHooks::timer_cancelled`]: a timer of ferroloop's loop `lp` was
+/// cancelled; the heap counts it if it is still `scheduled` there.
+fn timer_cancelled(lp: &Bound<'_, PyAny>, scheduled: &AtomicBool) -> bool {
+    let Ok(l) = lp.cast::<Loop>() else {
+        return false;
+    };
+    if scheduled.load(Ordering::Relaxed) {
+        l.borrow_mut().core.timers.note_cancelled();
+    }
+    true
+}
+
+/// Module init: gives handles direct access to ferroloop's loop
+/// (see [`LoopHooks`]).
+pub(crate) fn install() {
+    handle::set_loop_hooks(LoopHooks {
+        debug: loop_debug,
+        timer_cancelled,
+    });
+}
