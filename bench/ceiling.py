@@ -39,7 +39,7 @@ ROOT = os.path.dirname(HERE)
 # callgrind --toggle-collect patterns: each loop's `run_forever` core.
 TOGGLE = {
     "uvloop": "*uvloop_4loop_4Loop_*run_forever*",
-    "ferroloop": "*Loop::__pymethod__run__*",
+    "ferroloop": "*Loop>::__pymethod__run__*",
 }
 # Workloads that do all their work inside the loop, and sizes that keep a
 # callgrind run under a minute.

@@ -7,12 +7,12 @@
 Every (workload, loop) measurement is a fresh process
 (`python bench/workloads.py WORKLOAD LOOP --n N`, which times only the workload,
 not interpreter start-up or loop creation). Loops are interleaved -- round r runs
-every workload on asyncio, uvloop, ferroloop, ferroloop-compat (the start of the
+every workload on asyncio, uvloop, rloop, ferroloop, ferroloop-compat (the start of the
 order rotates each round) -- and the table shows medians, because the machine is
 small and noisy. Ratios are speed-ups of ferroloop: asyncio_time / ferroloop_time
 (> 1: ferroloop is faster).
 
-Loops that cannot be created (ferroloop not built yet, uvloop missing) are
+Loops that cannot be created (ferroloop not built yet, uvloop or rloop missing) are
 skipped with a note. The table goes to stdout and, unless --no-save, to
 bench/results.md with a machine description.
 """
@@ -34,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from workloads import LOOPS, WORKLOADS  # noqa: E402
 
-COLS = LOOPS  # asyncio, uvloop, ferroloop, ferroloop-compat
+COLS = LOOPS  # asyncio, uvloop, rloop, ferroloop, ferroloop-compat
 
 
 def loop_available(python: str, loop: str) -> str | None:
@@ -185,6 +185,7 @@ def main() -> int:
         *[f"{x}" for x in COLS],
         "asyncio/ferroloop",
         "uvloop/ferroloop",
+        "rloop/ferroloop",
         "asyncio/ferroloop-compat",
     ]
     rows = []
@@ -198,6 +199,7 @@ def main() -> int:
                 cells.append(fmt_t(med(w, loop)) if loop in loops else "n/a")
         cells.append(fmt_r(med(w, "asyncio"), med(w, "ferroloop")))
         cells.append(fmt_r(med(w, "uvloop"), med(w, "ferroloop")))
+        cells.append(fmt_r(med(w, "rloop"), med(w, "ferroloop")))
         cells.append(fmt_r(med(w, "asyncio"), med(w, "ferroloop-compat")))
         rows.append(cells)
     fl = med("floor", "none")
@@ -206,12 +208,7 @@ def main() -> int:
             f"floor: {WORKLOADS['floor'][2]} (`floor`)",
             f"{sizes['floor']:,}",
             fmt_t(fl),
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
+            *[""] * (len(hdr) - 3),
         ]
     )
 

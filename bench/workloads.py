@@ -21,7 +21,7 @@ import json
 import sys
 from time import perf_counter
 
-LOOPS = ("asyncio", "uvloop", "ferroloop", "ferroloop-compat")
+LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop", "ferroloop-compat")
 
 
 def make_loop(name: str) -> asyncio.AbstractEventLoop:
@@ -31,6 +31,10 @@ def make_loop(name: str) -> asyncio.AbstractEventLoop:
         import uvloop
 
         return uvloop.new_event_loop()
+    if name == "rloop":
+        import rloop
+
+        return rloop.new_event_loop()
     if name == "ferroloop":
         import ferroloop
 

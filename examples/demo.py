@@ -227,7 +227,8 @@ def main() -> int:
         print("demo: no examples selected")
         return 2
     print(
-        f"Seed examples: {len(examples)} scripts from /work/shared/seeds, "
+        f"Seed examples: {len(examples)} scripts from {SEEDS.relative_to(HERE.parent)}/ "
+        "(the examples of the project's seed tutorials), "
         f"each run as `{LOOP_CMD['asyncio'].format(script='X.py')}` and "
         f"`{LOOP_CMD[other].format(script='X.py')}` (random seeded with 0), {args.jobs} in parallel"
     )
