@@ -6,16 +6,21 @@ Three ways to use it::
     ferroloop.install(); asyncio.run(main())   # policy for the whole program
     python -m ferroloop script.py              # an unmodified script
 
-The hot paths (ready queue, timers, Handles, Future, Task) are native; this
-module adds the parts of the event-loop API that are bookkeeping rather than
-scheduling (exception handler, executors, async-generator hooks,
+The hot paths (ready queue, timers, Handles, Future, Task, the fd table) are
+native; this module adds the parts of the event-loop API that are bookkeeping
+rather than scheduling (exception handler, executors, async-generator hooks,
 ``run_until_complete``), reusing asyncio's own implementations of them where
 they only read public loop state, so behaviour and messages stay asyncio's.
+
+I/O (sockets, transports, servers, DNS, sendfile, UDP, pipes, TLS) is
+asyncio's selector-loop code running on ferroloop's native fd watches: see
+``_adopt_asyncio_io`` below for the rule that decides what is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
+import selectors
 import sys
 import threading
 import warnings
@@ -23,6 +28,7 @@ import weakref
 from asyncio import base_events as _base_events
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
+from asyncio import unix_events as _unix_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -63,9 +69,15 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         self._current_handle: Any = None
         self._coroutine_origin_tracking_enabled = False
         self._coroutine_origin_tracking_saved_depth: int | None = None
+        # fd -> transport, read by asyncio's I/O code (_ensure_fd_no_transport).
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
         self.set_debug(_coroutines._is_debug_mode())
 
     # -- state asyncio's helpers read ----------------------------------------
+    @property
+    def _selector(self) -> _SelectorView | None:
+        return None if self.is_closed() else _SelectorView(self)
+
     @property
     def _debug(self) -> bool:
         return self.get_debug()
@@ -155,6 +167,89 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
     _asyncgen_firstiter_hook = _Base._asyncgen_firstiter_hook
     _asyncgen_finalizer_hook = _Base._asyncgen_finalizer_hook
     shutdown_asyncgens = _Base.shutdown_asyncgens
+
+
+# What asyncio's selector loop does *around* its selector, ferroloop does
+# natively (the iteration, the ready queue, the fd table: ``_add_reader`` &
+# co. are ``_Loop`` methods), and signals and subprocesses are not offered
+# yet (they need the loop's self-pipe and child watchers): none of these is
+# taken from asyncio.
+_NOT_FROM_ASYNCIO = frozenset(
+    {
+        # the scheduler and the selector: native in ferroloop
+        "_run_once",
+        "_process_events",
+        "_call_soon",
+        "_add_callback",
+        "_add_callback_signalsafe",
+        "_add_reader",
+        "_add_writer",
+        "_remove_reader",
+        "_remove_writer",
+        "_make_self_pipe",
+        "_close_self_pipe",
+        "_read_from_self",
+        "_process_self_data",
+        # signals and subprocesses: not yet (NotImplementedError, as before)
+        "add_signal_handler",
+        "remove_signal_handler",
+        "_check_signal",
+        "_handle_signal",
+        "_child_watcher_callback",
+        "_make_subprocess_transport",
+        "_log_subprocess",
+        "subprocess_exec",
+        "subprocess_shell",
+    }
+)
+
+
+def _adopt_asyncio_io(cls: type) -> list[str]:
+    """Gives ``cls`` asyncio's own I/O methods (sockets, transports, servers,
+    DNS, sendfile, datagrams, pipes, TLS), taken from the Unix selector
+    loop's classes in method-resolution order: every method that ``cls`` and
+    its native base do not define, minus ``_NOT_FROM_ASYNCIO``. They reach
+    the loop only through its public methods and the native fd watches, so
+    their behaviour and messages are asyncio's for the running Python
+    version. Returns the names taken (for tests and docs)."""
+    own = {
+        name
+        for klass in cls.__mro__
+        if klass not in (_events.AbstractEventLoop, object)
+        for name in vars(klass)
+    }
+    taken = []
+    for base in _unix_events._UnixSelectorEventLoop.__mro__:
+        if base in (_events.AbstractEventLoop, object):
+            continue
+        for name, value in vars(base).items():
+            if name.startswith("__") or name in _NOT_FROM_ASYNCIO or name in own:
+                continue
+            setattr(cls, name, value)
+            own.add(name)
+            taken.append(name)
+    return sorted(taken)
+
+
+_ASYNCIO_IO_METHODS = _adopt_asyncio_io(Loop)
+
+
+class _SelectorView:
+    """The read-only face of a selector that asyncio's transports consult
+    for their reprs (``_test_selector_event``: is this fd watched for
+    reading?). The fd table itself is native (``_Loop._fd_key``)."""
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: Loop) -> None:
+        self._loop = loop
+
+    def get_key(self, fileobj: Any) -> selectors.SelectorKey:
+        key = self._loop._fd_key(fileobj)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        obj, fd, events, reader, writer = key
+        return selectors.SelectorKey(obj, fd, events, (reader, writer))
 
 
 def new_event_loop(*, native_tasks: bool = True) -> Loop:
