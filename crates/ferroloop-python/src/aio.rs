@@ -113,6 +113,38 @@ pub fn in_context<'py, R>(ctx: &Bound<'py, PyAny>, f: impl FnOnce() -> PyResult<
     result
 }
 
+/// `callable(*args)`, through vectorcall (no `PyObject_Call` tuple path:
+/// the tuple's items are passed as the argument array).
+#[inline]
+pub fn call_tuple<'py>(
+    callable: &Bound<'py, PyAny>,
+    args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = callable.py();
+    let t = args.as_ptr().cast::<ffi::PyTupleObject>();
+    // SAFETY: `args` is a live tuple (its items are borrowed for the call,
+    // which does not outlive it); `callable` is live; GIL held. A tuple's
+    // items are stored inline after its header (`ob_item`).
+    unsafe {
+        let n = ffi::PyTuple_GET_SIZE(args.as_ptr());
+        let items = (*t).ob_item.as_ptr();
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_Vectorcall(callable.as_ptr(), items, n as usize, std::ptr::null_mut()),
+        )
+    }
+}
+
+/// `()`: the empty tuple, from a cache (`PyTuple_New(0)` is a call).
+#[inline]
+pub fn empty_tuple(py: Python<'_>) -> Bound<'_, PyTuple> {
+    static EMPTY: PyOnceLock<Py<PyTuple>> = PyOnceLock::new();
+    EMPTY
+        .get_or_init(py, || PyTuple::empty(py).unbind())
+        .bind(py)
+        .clone()
+}
+
 /// `loop.call_soon(callback, *args, context=ctx)` on an arbitrary loop.
 pub fn foreign_call_soon<'py>(
     lp: &Bound<'py, PyAny>,

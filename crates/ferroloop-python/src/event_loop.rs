@@ -40,48 +40,55 @@ impl Loop {
     fn run_once(slf: &Bound<'_, Loop>) -> PyResult<()> {
         let py = slf.py();
         let mut purged: Vec<TimerEntry> = Vec::new();
-        let plan = slf.borrow_mut().core.prepare(|e| purged.push(e));
+        let on_due = |e: TimerEntry| Some(Ready::Handle(e.base));
+        let on_io = |w: &_, readable, writable, ready: &mut _| {
+            fd_watch::on_ready(py, w, readable, writable, ready)
+        };
+        // Most iterations of a busy loop skip the poll: then planning and
+        // collecting share one borrow.
+        let (plan, mut ntodo) = {
+            let mut s = slf.borrow_mut();
+            let plan = s.core.prepare(|e| purged.push(e));
+            let ntodo = (plan == PollPlan::Skip).then(|| s.core.collect(on_io, on_due));
+            (plan, ntodo)
+        };
         if !purged.is_empty() {
             for e in &purged {
                 handle::unpin(e.base.bind(py).as_any());
             }
             drop(purged);
         }
-        let polled = match plan {
-            PollPlan::Skip => None,
-            PollPlan::Now => {
-                let mut s = slf.borrow_mut();
-                let mut poller = s.core.take_poller();
-                poller.poll(Some(Duration::ZERO));
-                Some(s.core.put_poller(poller))
-            }
-            PollPlan::Block(timeout) => {
+        if ntodo.is_none() {
+            let polled = if let PollPlan::Block(timeout) = plan {
                 py.check_signals()?;
                 let mut poller = slf.borrow_mut().core.take_poller();
                 py.detach(|| poller.poll(timeout));
-                Some(slf.borrow_mut().core.put_poller(poller))
-            }
-        };
-        if let Some(polled) = polled {
+                slf.borrow_mut().core.put_poller(poller)
+            } else {
+                let mut s = slf.borrow_mut();
+                let mut poller = s.core.take_poller();
+                poller.poll(Some(Duration::ZERO));
+                s.core.put_poller(poller)
+            };
             if polled.map_err(os_error)?.interrupted {
                 py.check_signals()?;
             }
+            ntodo = Some(slf.borrow_mut().core.collect(on_io, on_due));
         }
-        let ntodo = slf.borrow_mut().core.collect(
-            |w, readable, writable, ready| fd_watch::on_ready(py, w, readable, writable, ready),
-            |e| Some(Ready::Handle(e.base)),
-        );
-        for _ in 0..ntodo {
-            let item = match slf.borrow_mut().core.ready.pop() {
-                Some(i) => i,
-                None => break,
+        for _ in 0..ntodo.unwrap_or(0) {
+            let (item, debug) = {
+                let mut s = slf.borrow_mut();
+                match s.core.ready.pop() {
+                    Some(i) => (i, s.debug),
+                    None => break,
+                }
             };
-            Loop::run_item(slf, item)?;
+            Loop::run_item(slf, item, debug)?;
         }
         Ok(())
     }
 
-    fn run_item(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<()> {
+    fn run_item(slf: &Bound<'_, Loop>, item: Ready, debug: bool) -> PyResult<()> {
         let py = slf.py();
         let lp = slf.as_any();
         match item {
@@ -91,7 +98,7 @@ impl Loop {
                 if h.get().is_cancelled() {
                     return Ok(());
                 }
-                if slf.borrow().debug {
+                if debug {
                     return Loop::run_handle_debug(slf, &h);
                 }
                 Handle::run(&h)

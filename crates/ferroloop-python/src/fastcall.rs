@@ -146,12 +146,16 @@ unsafe fn call_soon_impl<'py>(
             ))
         }
     };
-    let cb_args = PyTuple::new(
-        py,
-        rest.iter()
-            // SAFETY: live positional arguments (contract).
-            .map(|&a| unsafe { Bound::from_borrowed_ptr(py, a) }),
-    )?;
+    let cb_args = if rest.is_empty() {
+        crate::aio::empty_tuple(py)
+    } else {
+        PyTuple::new(
+            py,
+            rest.iter()
+                // SAFETY: live positional arguments (contract).
+                .map(|&a| unsafe { Bound::from_borrowed_ptr(py, a) }),
+        )?
+    };
     // SAFETY: `slf` is live (contract).
     let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
     // SAFETY: the method descriptor checked that `slf` is a `_Loop`.

@@ -55,6 +55,19 @@ pub(crate) fn untrack(obj: &Bound<'_, PyAny>) {
     }
 }
 
+/// [`untrack`] for an object known to be of a GC type (Handle, Task,
+/// Context, coroutine): one call, no type check.
+#[inline]
+pub(crate) fn untrack_gc(obj: &Bound<'_, PyAny>) {
+    debug_assert!(
+        // SAFETY: reads the type's flags.
+        unsafe { ffi::PyObject_IS_GC(obj.as_ptr()) } != 0
+    );
+    // SAFETY: a live GC object (the caller's promise), GIL held;
+    // PyObject_GC_UnTrack checks whether it is tracked itself.
+    unsafe { ffi::PyObject_GC_UnTrack(obj.as_ptr().cast()) }
+}
+
 /// Puts `obj` back into the collector's lists if it is a GC object that is
 /// not tracked.
 #[inline]
@@ -109,12 +122,15 @@ pub(crate) struct Adopted {
 }
 
 impl Adopted {
-    /// Owns `obj`, adopting it when this is its only reference.
-    pub fn adopt(obj: Bound<'_, PyAny>) -> Self {
-        let py = obj.py();
-        let a = Adopted::shared(obj.unbind());
-        a.settle(py);
-        a
+    /// Owns and adopts a context copy just made (`PyContext_CopyCurrent`):
+    /// an exact, tracked `Context` nobody else holds, so no check is needed.
+    pub fn adopt_new_context(ctx: Bound<'_, PyAny>) -> Self {
+        debug_assert!(refcnt(&ctx) == 1 && adoptable(&ctx));
+        untrack_gc(&ctx);
+        Adopted {
+            obj: ManuallyDrop::new(ctx.unbind()),
+            untracked: AtomicBool::new(true),
+        }
     }
 
     /// Adopts `obj` even though the caller may still hold it. Sound only
@@ -244,6 +260,62 @@ impl Drop for Adopted {
         }
         // SAFETY: dropped exactly once, here.
         unsafe { ManuallyDrop::drop(&mut self.obj) }
+    }
+}
+
+/// A strong reference released with a direct `Py_DECREF`.
+///
+/// PyO3's `Py<T>` checks, on every drop, whether the thread is attached to
+/// the interpreter (a thread-local read: `__tls_get_addr` in a shared
+/// library, ~20 instructions). The fields of a `Handle` are dropped with the
+/// GIL held -- by its `tp_dealloc`, or by GIL-holding code that took them
+/// out (the same invariant [`Adopted`] relies on) -- so they skip that
+/// check. Asserted in debug builds.
+#[repr(transparent)]
+pub(crate) struct GilPy<T>(ManuallyDrop<Py<T>>);
+
+impl<T> GilPy<T> {
+    #[inline]
+    pub(crate) fn new(obj: Py<T>) -> Self {
+        GilPy(ManuallyDrop::new(obj))
+    }
+
+    /// Gives the reference to code that may drop it anywhere.
+    #[inline]
+    pub(crate) fn into_inner(self) -> Py<T> {
+        let mut this = ManuallyDrop::new(self);
+        // SAFETY: `this` is never dropped, so the Py is moved out once.
+        unsafe { ManuallyDrop::take(&mut this.0) }
+    }
+
+    /// The reference as a `Bound` (dropped without the attach check too).
+    #[inline]
+    pub(crate) fn into_bound(self, py: Python<'_>) -> Bound<'_, T> {
+        self.into_inner().into_bound(py)
+    }
+}
+
+impl<T> std::ops::Deref for GilPy<T> {
+    type Target = Py<T>;
+
+    #[inline]
+    fn deref(&self) -> &Py<T> {
+        &self.0
+    }
+}
+
+impl<T> Drop for GilPy<T> {
+    #[inline]
+    fn drop(&mut self) {
+        debug_assert_eq!(
+            // SAFETY: PyGILState_Check only reads the thread state.
+            unsafe { ffi::PyGILState_Check() },
+            1,
+            "GilPy dropped without the GIL"
+        );
+        // SAFETY: the GIL is held (see the type's docs); we own this
+        // reference and release it exactly once.
+        unsafe { ffi::Py_DECREF(self.0.as_ptr()) }
     }
 }
 

@@ -27,9 +27,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::{intern, PyTypeInfo};
 
-use crate::aio::{copy_context, extract_stack, imports, in_context};
+use crate::aio::{call_tuple, copy_context, extract_stack, imports, in_context};
 use crate::errors::is_exit_exception;
-use crate::gc::{self, Adopted};
+use crate::gc::{self, Adopted, GilPy};
 
 /// What handles need from ferroloop's own loop (`crate::loop_state`, which
 /// registers it with [`set_loop_hooks`] at module init). Unregistered, every
@@ -72,10 +72,12 @@ fn direct_call(callback: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> Option
     (DIRECT_CALL.get()?)(callback, args)
 }
 
+/// The mutable part of a Handle. Its references (and the handle's other
+/// ones) are [`GilPy`]: released without PyO3's attach check.
 pub(crate) struct HandleInner {
-    pub callback: Option<Py<PyAny>>,
-    pub args: Option<Py<PyTuple>>,
-    pub repr: Option<Py<PyAny>>,
+    pub callback: Option<GilPy<PyAny>>,
+    pub args: Option<GilPy<PyTuple>>,
+    pub repr: Option<GilPy<PyAny>>,
 }
 
 #[pyclass(module = "asyncio.events", name = "Handle", subclass, frozen, weakref)]
@@ -83,9 +85,9 @@ pub struct Handle {
     pub(crate) inner: Mutex<HandleInner>,
     /// Adopted when it is a copy made for this handle (see `crate::gc`).
     pub(crate) context: Adopted,
-    pub(crate) lp: Py<PyAny>,
+    pub(crate) lp: GilPy<PyAny>,
     pub(crate) cancelled: AtomicBool,
-    pub(crate) source_traceback: Option<Py<PyAny>>,
+    pub(crate) source_traceback: Option<GilPy<PyAny>>,
 }
 
 impl Handle {
@@ -98,14 +100,14 @@ impl Handle {
     ) -> Self {
         Handle {
             inner: Mutex::new(HandleInner {
-                callback: Some(callback),
-                args: Some(args),
+                callback: Some(GilPy::new(callback)),
+                args: Some(GilPy::new(args)),
                 repr: None,
             }),
             context,
-            lp,
+            lp: GilPy::new(lp),
             cancelled: AtomicBool::new(false),
-            source_traceback,
+            source_traceback: source_traceback.map(GilPy::new),
         }
     }
 
@@ -121,7 +123,7 @@ impl Handle {
     ) -> PyResult<Self> {
         let context = match context {
             Some(c) if !c.is_none(py) => Adopted::shared(c),
-            _ => Adopted::adopt(copy_context(py)?),
+            _ => Adopted::adopt_new_context(copy_context(py)?),
         };
         let tb = if debug {
             Some(extract_stack(py)?)
@@ -141,11 +143,23 @@ impl Handle {
     pub(crate) fn run(slf: &Bound<'_, Handle>) -> PyResult<()> {
         let py = slf.py();
         let h = slf.get();
+        // The loop's reference is usually the last one: then nothing can
+        // look at the handle after it ran, and the callback and arguments
+        // are moved out rather than copied (given back if it fails, for the
+        // exception handler's repr of the handle).
+        let sole = gc::refcnt(slf.as_any()) == 1;
         let (cb, args) = {
-            let inner = h.inner.lock();
-            match (&inner.callback, &inner.args) {
-                (Some(cb), Some(args)) => (cb.clone_ref(py), args.clone_ref(py)),
-                _ => return Ok(()),
+            let mut inner = h.inner.lock();
+            if sole {
+                match (inner.callback.take(), inner.args.take()) {
+                    (Some(cb), Some(args)) => (cb.into_bound(py), args.into_bound(py)),
+                    _ => return Ok(()),
+                }
+            } else {
+                match (&inner.callback, &inner.args) {
+                    (Some(cb), Some(args)) => (cb.bind(py).clone(), args.bind(py).clone()),
+                    _ => return Ok(()),
+                }
             }
         };
         // `fut.set_result(v)` of a native future on ferroloop's loop runs no
@@ -155,28 +169,35 @@ impl Handle {
         // `Context.run` would refuse). Either way the check runs once.
         let ctx = h.context.inner().bind(py);
         let res = if h.context.is_adopted() {
-            match direct_call(cb.bind(py), args.bind(py)) {
+            match direct_call(&cb, &args) {
                 Some(r) => r,
-                None => in_context(ctx, || cb.bind(py).call1(args.bind(py)).map(|_| ())),
+                None => in_context(ctx, || call_tuple(&cb, &args).map(|_| ())),
             }
         } else {
-            in_context(ctx, || match direct_call(cb.bind(py), args.bind(py)) {
+            in_context(ctx, || match direct_call(&cb, &args) {
                 Some(r) => r,
-                None => cb.bind(py).call1(args.bind(py)).map(|_| ()),
+                None => call_tuple(&cb, &args).map(|_| ()),
             })
         };
         if let Err(err) = res {
             if is_exit_exception(py, &err) {
                 return Err(err);
             }
+            if sole {
+                let mut inner = h.inner.lock();
+                if !h.is_cancelled() {
+                    inner.callback = Some(GilPy::new(cb.clone().unbind()));
+                    inner.args = Some(GilPy::new(args.clone().unbind()));
+                }
+            }
             report_callback_error(
                 py,
                 h.lp.bind(py),
-                cb.bind(py),
-                args.bind(py).as_any(),
+                &cb,
+                args.as_any(),
                 err,
                 Some(slf.as_any()),
-                h.source_traceback.as_ref(),
+                h.source_traceback.as_deref(),
             )?;
         }
         Ok(())
@@ -196,7 +217,7 @@ impl Handle {
         };
         let (cb, args) = {
             let mut inner = self.inner.lock();
-            inner.repr = saved_repr;
+            inner.repr = saved_repr.map(GilPy::new);
             (inner.callback.take(), inner.args.take())
         };
         drop((cb, args)); // dropped outside the lock: may run arbitrary __del__
@@ -208,7 +229,7 @@ impl Handle {
 /// loop will run it), so the collector need not walk it (`crate::gc`).
 #[inline]
 pub(crate) fn pin(h: &Bound<'_, PyAny>) {
-    gc::untrack(h);
+    gc::untrack_gc(h);
 }
 
 /// A handle leaving the loop's queues: back to the collector if anything
@@ -329,7 +350,7 @@ impl Handle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.source_traceback.as_ref().map(|t| t.clone_ref(py))
+        self.source_traceback.as_deref().map(|t| t.clone_ref(py))
     }
 
     #[getter]
@@ -370,15 +391,15 @@ impl Handle {
 
     fn __traverse__(&self, visit: pyo3::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
         if let Some(inner) = self.inner.try_lock() {
-            if let Some(c) = &inner.callback {
+            if let Some(c) = inner.callback.as_deref() {
                 visit.call(c)?;
             }
-            if let Some(a) = &inner.args {
+            if let Some(a) = inner.args.as_deref() {
                 visit.call(a)?;
             }
         }
         self.context.traverse(&visit)?;
-        visit.call(&self.lp)?;
+        visit.call(&*self.lp)?;
         Ok(())
     }
 }

@@ -45,6 +45,9 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<future::step::TaskStepMethWrapper>()?;
     m.add_class::<future::step::TaskWakeup>()?;
     loop_state::install();
+    // SAFETY: module init, GIL held, before any Handle exists; TimerHandle
+    // was created above and keeps the generic allocator.
+    unsafe { slots::install_handle_freelist(&m.py().get_type::<handle::Handle>()) };
     future::finalize::install(m.py())?;
     fastcall::install(m.py())?;
     future::iter::install_am_send(m.py());

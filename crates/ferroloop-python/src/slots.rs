@@ -530,48 +530,90 @@ pub(crate) unsafe fn install_am_send<H: AmSend>(tp: &Bound<'_, PyType>) {
             (*am).am_send = Some(future_iter_am_send::<H>);
         }
         // Every `await fut` makes a FutureIter: recycle their memory, as
-        // CPython's C FutureIter does (see `future_iter_alloc`).
-        if FUTURE_ITER_TYPE
+        // CPython's C FutureIter does (see [`FreeList`]).
+        ITER_FREELIST.install_for::<IterList>(tp);
+        ffi::PyType_Modified(tp);
+    }
+}
+
+/// Memory of freed objects of one type, kept for reuse: the `tp_alloc` /
+/// `tp_free` pair of a type whose objects are made and freed at a high rate
+/// (a FutureIter per `await`, a Handle per `call_soon`), as CPython keeps
+/// free lists for its own hot types. Skips malloc/free and the allocator's
+/// bookkeeping; a recycled object is set up as `PyType_GenericAlloc` would.
+///
+/// Invariants: only objects of exactly the installed type (never a
+/// subclass: those are larger) enter the list, after their deallocation is
+/// complete (their memory, GC header included, untouched since
+/// `PyObject_GC_UnTrack`); at most [`FreeList::MAX`] are kept. All access
+/// holds the GIL; the mutex only makes the static `Sync`.
+pub(crate) struct FreeList {
+    tp: AtomicPtr<ffi::PyTypeObject>,
+    objs: parking_lot::Mutex<Vec<usize>>,
+}
+
+impl FreeList {
+    const MAX: usize = 64;
+
+    pub(crate) const fn new() -> Self {
+        FreeList {
+            tp: AtomicPtr::new(std::ptr::null_mut()),
+            objs: parking_lot::const_mutex(Vec::new()),
+        }
+    }
+
+    /// Makes `tp` allocate through this list (once per list).
+    ///
+    /// # Safety
+    /// `tp` is one of ferroloop's own GC heap types, fully initialized,
+    /// whose slots `tp_alloc`/`tp_free` are the generic ones; module init,
+    /// GIL held; `L` names this very list.
+    unsafe fn install_for<L: HasFreeList>(&'static self, tp: *mut ffi::PyTypeObject) {
+        let fresh = self
+            .tp
             .compare_exchange(
                 std::ptr::null_mut(),
                 tp,
                 Ordering::Relaxed,
                 Ordering::Relaxed,
             )
-            .is_ok()
-        {
-            (*tp).tp_alloc = Some(future_iter_alloc);
-            (*tp).tp_free = Some(future_iter_free);
+            .is_ok();
+        if fresh {
+            // SAFETY: per the contract.
+            unsafe {
+                (*tp).tp_alloc = Some(pooled_alloc::<L>);
+                (*tp).tp_free = Some(pooled_free::<L>);
+                ffi::PyType_Modified(tp);
+            }
         }
-        ffi::PyType_Modified(tp);
     }
 }
 
-/// Freed FutureIter objects kept for reuse (addresses of objects whose
-/// deallocation is complete but whose memory, GC header included, is kept).
-static ITER_FREELIST: parking_lot::Mutex<Vec<usize>> = parking_lot::const_mutex(Vec::new());
-const ITER_FREELIST_MAX: usize = 64;
-static FUTURE_ITER_TYPE: AtomicPtr<ffi::PyTypeObject> = AtomicPtr::new(std::ptr::null_mut());
+/// Names a static [`FreeList`] (the slots below are generic over it).
+pub(crate) trait HasFreeList {
+    fn list() -> &'static FreeList;
+}
 
-/// `tp_alloc` of FutureIter: a recycled object when one is free, else the
-/// generic allocation. A recycled object is set up as `PyType_GenericAlloc`
-/// would: zeroed body, type and refcount, tracked by the collector.
+/// `tp_alloc` through a [`FreeList`]: a recycled object when one is free,
+/// else the generic allocation.
 ///
 /// # Safety
 /// Called by CPython as a `tp_alloc` slot (GIL held, `tp` a live type).
-unsafe extern "C" fn future_iter_alloc(
+unsafe extern "C" fn pooled_alloc<L: HasFreeList>(
     tp: *mut ffi::PyTypeObject,
     nitems: ffi::Py_ssize_t,
 ) -> *mut ffi::PyObject {
-    if nitems == 0 && tp == FUTURE_ITER_TYPE.load(Ordering::Relaxed) {
-        let recycled = ITER_FREELIST.lock().pop();
+    let list = L::list();
+    if nitems == 0 && tp == list.tp.load(Ordering::Relaxed) {
+        let recycled = list.objs.lock().pop();
         if let Some(addr) = recycled {
             let obj = addr as *mut ffi::PyObject;
-            // SAFETY: `obj` is a FutureIter's memory, untracked and no longer
-            // an object (its deallocation ran up to tp_free); basicsize is
-            // the object's size after the GC header, which stays as the
-            // untracking left it. PyObject_Init sets type and refcount (and
-            // takes the type reference the deallocation released).
+            // SAFETY: `obj` is the memory of an object of type `tp`,
+            // untracked and no longer an object (its deallocation ran up to
+            // tp_free); basicsize is the object's size after the GC header,
+            // which stays as the untracking left it. PyObject_Init sets type
+            // and refcount (and takes the type reference the deallocation
+            // released).
             unsafe {
                 let size = usize::try_from((*tp).tp_basicsize).unwrap_or(0);
                 std::ptr::write_bytes(obj.cast::<u8>(), 0, size);
@@ -585,22 +627,56 @@ unsafe extern "C" fn future_iter_alloc(
     unsafe { ffi::PyType_GenericAlloc(tp, nitems) }
 }
 
-/// `tp_free` of FutureIter: keeps up to [`ITER_FREELIST_MAX`] objects.
+/// `tp_free` through a [`FreeList`]: keeps up to [`FreeList::MAX`] objects
+/// of exactly the list's type.
 ///
 /// # Safety
-/// Called by CPython as a `tp_free` slot, on memory from
-/// [`future_iter_alloc`] whose deallocation is complete.
-unsafe extern "C" fn future_iter_free(obj: *mut std::ffi::c_void) {
+/// Called by CPython as a `tp_free` slot, on a GC object whose deallocation
+/// is complete (its type pointer still set, as deallocators leave it).
+unsafe extern "C" fn pooled_free<L: HasFreeList>(obj: *mut std::ffi::c_void) {
     if obj.is_null() {
         return;
     }
-    {
-        let mut free = ITER_FREELIST.lock();
-        if free.len() < ITER_FREELIST_MAX {
+    let list = L::list();
+    // SAFETY: the type pointer of a deallocated object is still readable.
+    let exact = unsafe { ffi::Py_TYPE(obj.cast()) } == list.tp.load(Ordering::Relaxed);
+    if exact {
+        let mut free = list.objs.lock();
+        if free.len() < FreeList::MAX {
             free.push(obj as usize);
             return;
         }
     }
     // SAFETY: a GC object allocated by PyType_GenericAlloc or recycled.
     unsafe { ffi::PyObject_GC_Del(obj) }
+}
+
+struct IterList;
+static ITER_FREELIST: FreeList = FreeList::new();
+impl HasFreeList for IterList {
+    fn list() -> &'static FreeList {
+        &ITER_FREELIST
+    }
+}
+
+struct HandleList;
+static HANDLE_FREELIST: FreeList = FreeList::new();
+impl HasFreeList for HandleList {
+    fn list() -> &'static FreeList {
+        &HANDLE_FREELIST
+    }
+}
+
+/// Recycles the memory of `Handle` objects (one per `call_soon`); its
+/// subclass `TimerHandle` keeps the generic allocator.
+///
+/// # Safety
+/// `tp` is ferroloop's `Handle` type, fully initialized, with no instance
+/// and no subclass created after this call inheriting the slots unknowingly
+/// (a subclass's objects are larger: [`pooled_free`] keeps exact-type
+/// objects only, and [`pooled_alloc`] recycles only for the exact type);
+/// module init, GIL held.
+pub(crate) unsafe fn install_handle_freelist(tp: &Bound<'_, PyType>) {
+    // SAFETY: per the contract.
+    unsafe { HANDLE_FREELIST.install_for::<HandleList>(tp.as_type_ptr()) }
 }

@@ -174,7 +174,11 @@ fn direct_set_result(
     // SAFETY: type checks and reads of a builtin method's function pointer
     // and borrowed `__self__` on a live object.
     let owner = unsafe {
-        if ffi::PyCFunction_Check(p) == 0 {
+        // Exact types: a builtin method is a PyCFunction (or a PyCMethod);
+        // the subtype walk of PyCFunction_Check is skipped for the common
+        // case of a Python function.
+        let tp = ffi::Py_TYPE(p);
+        if tp != &raw mut ffi::PyCFunction_Type && tp != &raw mut ffi::PyCMethod_Type {
             return None;
         }
         match ffi::PyCFunction_GetFunction(p) {
@@ -575,7 +579,7 @@ impl Future {
         let py = slf.py();
         let ctx = match context {
             Some(c) if !c.is_none(py) => Adopted::shared(c),
-            _ => Adopted::adopt(copy_context(py)?),
+            _ => Adopted::adopt_new_context(copy_context(py)?),
         };
         fut_add_callback(slf, DoneCallback::Py { func: r#fn, ctx })
     }

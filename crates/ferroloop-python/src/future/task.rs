@@ -106,7 +106,7 @@ fn new_task_state<'py>(
     };
     let context = match context {
         Some(c) if !c.is_none() => Adopted::shared(c.clone().unbind()),
-        _ => Adopted::adopt(copy_context(py)?),
+        _ => Adopted::adopt_new_context(copy_context(py)?),
     };
     fut.task = Some(Box::new(TaskFields {
         // Shared with the caller for now; adopted at a step once the task
