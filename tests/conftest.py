@@ -105,8 +105,21 @@ def loop_factory(loop_kind):
     return make_loop_factory(loop_kind)
 
 
+def open_fds():
+    """This process's open file descriptors: number -> what it points to."""
+    fds = {}
+    for name in os.listdir('/proc/self/fd'):
+        try:
+            fds[int(name)] = os.readlink(f'/proc/self/fd/{name}')
+        except OSError:  # the directory's own fd, closed by now
+            pass
+    return fds
+
+
 @pytest.fixture
 def loop(request, loop_factory):
+    gc.collect()
+    fds_before = open_fds()
     lp = loop_factory()
     state = LoopState()
     request.node.stash[_STATE_KEY] = state
@@ -133,6 +146,15 @@ def loop(request, loop_factory):
                 'unexpected calls to loop.call_exception_handler():\n'
                 + pprint.pformat(state.errors),
                 pytrace=False)
+        # Nothing outlives the loop: no fd the reactor still watches, no
+        # fd the test's objects left open (transports, servers, sockets).
+        sources = getattr(lp, '_io_source_count', None)
+        if sources is not None and sources():
+            pytest.fail(f'closed loop still watches {sources()} fds', pytrace=False)
+        gc.collect()
+        leaked = {fd: what for fd, what in open_fds().items() if fds_before.get(fd) != what}
+        if leaked:
+            pytest.fail(f'file descriptors leaked: {leaked}', pytrace=False)
 
 
 @pytest.fixture

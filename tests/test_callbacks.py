@@ -590,6 +590,21 @@ def test_call_soon_threadsafe_many_threads(loop):
         assert [i for (t, i) in out if t == tid] == list(range(per_thread))
 
 
+def test_call_soon_threadsafe_and_call_soon_share_one_order(loop):
+    # asyncio appends both to one ready queue: what was scheduled first
+    # runs first, from the loop's thread or from another one.
+    out = []
+    loop.call_soon_threadsafe(out.append, 'threadsafe, same thread')
+    loop.call_soon(out.append, 'call_soon')
+    t = threading.Thread(target=loop.call_soon_threadsafe, args=(out.append, 'other thread'))
+    t.start()
+    t.join()
+    loop.call_soon(out.append, 'call_soon again')
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ['threadsafe, same thread', 'call_soon', 'other thread', 'call_soon again']
+
+
 def test_call_soon_threadsafe_returns_cancellable_handle(loop):
     out = []
     h = loop.call_soon_threadsafe(out.append, 1)

@@ -20,7 +20,8 @@ use parking_lot::Mutex;
 pub struct Injector<T> {
     items: Mutex<Vec<T>>,
     notified: AtomicBool,
-    waker: Arc<Waker>,
+    /// `None` once the loop is closed (its eventfd released).
+    waker: Mutex<Option<Arc<Waker>>>,
 }
 
 impl<T> Injector<T> {
@@ -28,7 +29,7 @@ impl<T> Injector<T> {
         Self {
             items: Mutex::new(Vec::new()),
             notified: AtomicBool::new(false),
-            waker,
+            waker: Mutex::new(Some(waker)),
         }
     }
 
@@ -41,9 +42,16 @@ impl<T> Injector<T> {
     /// Wakes the loop without queueing anything (coalesced like `push`).
     pub fn wake(&self) -> io::Result<()> {
         if !self.notified.swap(true, Ordering::AcqRel) {
-            self.waker.wake()?;
+            if let Some(w) = self.waker.lock().as_ref() {
+                w.wake()?;
+            }
         }
         Ok(())
+    }
+
+    /// Releases the waker (the loop is closing): later wake-ups are no-ops.
+    pub fn close(&self) {
+        self.waker.lock().take();
     }
 
     /// True when a wake-up is pending (cheap: one atomic load).

@@ -26,7 +26,8 @@
 //!
 //! ## Invariants
 //! - Everything but the injector belongs to the thread running the loop.
-//! - `reactor` is `None` only between `take_poller` and `put_poller`.
+//! - `reactor` is `None` only between `take_poller` and `put_poller`, and
+//!   after [`LoopCore::close`].
 //! - The fd table ([`crate::io_table::IoTable`]) and the reactor change
 //!   together: a watcher is in the table exactly while its fd is registered.
 
@@ -158,7 +159,10 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
     /// # Panics
     /// If a poller is already out (a driver bug: polls do not nest).
     pub fn take_poller(&mut self) -> Poller {
-        let reactor = self.reactor.take().expect("poll is not re-entrant");
+        let reactor = self
+            .reactor
+            .take()
+            .expect("poll is not re-entrant, and a closed core does not poll");
         let mut events = std::mem::take(&mut self.events);
         events.clear();
         Poller {
@@ -264,6 +268,16 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
             }
         }
         all
+    }
+
+    /// Releases the OS resources (the poller and the waker's eventfd), as
+    /// asyncio's `close()` closes its selector: unwatches every fd first and
+    /// hands back the watchers. The core cannot poll afterwards.
+    pub fn close(&mut self) -> Vec<Watcher<W>> {
+        let watched = self.unwatch_all();
+        self.reactor = None;
+        self.injector.close();
+        watched
     }
 
     /// Number of I/O sources registered with the reactor.

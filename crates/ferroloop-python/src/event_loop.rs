@@ -316,16 +316,22 @@ impl Loop {
         let handle =
             Loop::make_handle(slf, callback, args, context, "call_soon_threadsafe", false)?;
         let h = Py::new(py, handle)?;
+        // Python callers hold the GIL, and the loop holds no borrow while
+        // Python code runs or while it polls: the handle joins the ready
+        // queue directly, in one order with `call_soon` (asyncio appends both
+        // to one deque), and the wake-up ends a poll in progress. (The
+        // injector serves pushes made without the GIL.)
         let injector = {
-            let s = slf.borrow();
+            let mut s = slf
+                .try_borrow_mut()
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
             if !s.debug {
                 handle::pin(h.bind(py).as_any());
             }
+            s.core.ready.push(Ready::Handle(h.clone_ref(py)));
             Arc::clone(s.core.injector())
         };
-        injector
-            .push(Ready::Handle(h.clone_ref(py)))
-            .map_err(os_error)?;
+        injector.wake().map_err(os_error)?;
         Ok(h)
     }
 
@@ -576,7 +582,7 @@ impl Loop {
             let ready: Vec<Ready> = s.core.ready.drain().collect();
             let timers = s.core.timers.clear();
             let injected = s.core.injector().drain();
-            let watched = s.core.unwatch_all();
+            let watched = s.core.close();
             (ready, timers, injected, watched)
         };
         let py = slf.py();
