@@ -12,15 +12,17 @@ rather than scheduling (exception handler, executors, async-generator hooks,
 ``run_until_complete``), reusing asyncio's own implementations of them where
 they only read public loop state, so behaviour and messages stay asyncio's.
 
-I/O (sockets, transports, servers, DNS, sendfile, UDP, pipes, TLS) is
-asyncio's selector-loop code running on ferroloop's native fd watches: see
-``_adopt_asyncio_io`` below for the rule that decides what is taken.
+I/O (sockets, transports, servers, DNS, sendfile, UDP, pipes, TLS,
+signals, subprocesses) is asyncio's Unix selector-loop code running on
+ferroloop's native fd watches: see ``_adopt_asyncio_io`` below for the rule
+that decides what is taken.
 """
 
 from __future__ import annotations
 
 import asyncio
 import selectors
+import socket
 import sys
 import threading
 import warnings
@@ -71,6 +73,13 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         self._coroutine_origin_tracking_saved_depth: int | None = None
         # fd -> transport, read by asyncio's I/O code (_ensure_fd_no_transport).
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+        # Signals (asyncio's code, see _adopt_asyncio_io): handlers by signal
+        # number, and the socket pair signal.set_wakeup_fd writes to, made
+        # when the first handler is added (a loop without signal handlers
+        # watches no fd, so its idle iterations make no syscall).
+        self._signal_handlers: dict[int, Any] = {}
+        self._ssock: socket.socket | None = None
+        self._csock: socket.socket | None = None
         self.set_debug(_coroutines._is_debug_mode())
 
     # -- state asyncio's helpers read ----------------------------------------
@@ -128,12 +137,52 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
             return
         if self.get_debug():
             _base_events.logger.debug("Close %r", self)
+        self._close_self_pipe()
         self._close()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+        # As asyncio's Unix loop: signal handlers go with the loop.
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown stage, "
+                "skipping signal handlers removal",
+                ResourceWarning,
+                stacklevel=2,
+                source=self,
+            )
+            self._signal_handlers.clear()
+
+    # -- signals -----------------------------------------------------------------
+    def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:
+        if self._csock is None and not self.is_closed():
+            self._make_self_pipe()
+        _unix_events._UnixSelectorEventLoop.add_signal_handler(self, sig, callback, *args)
+
+    def _make_self_pipe(self) -> None:
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._add_reader(self._ssock.fileno(), self._read_from_self)
+
+    def _close_self_pipe(self) -> None:
+        if self._ssock is None or self._csock is None:
+            return
+        self._remove_reader(self._ssock.fileno())
+        self._ssock.close()
+        self._csock.close()
+        self._ssock = self._csock = None
+
+    def _add_callback_signalsafe(self, handle: Any) -> None:
+        # Reached from _handle_signal, on the loop's thread (the wake-up
+        # byte was read by _read_from_self): queue like asyncio's
+        # _add_callback, which skips a handle cancelled by then.
+        self.call_soon(_run_signal_handle, handle)
 
     # -- debug -------------------------------------------------------------------
     def set_debug(self, enabled: bool) -> None:
@@ -171,42 +220,29 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
 
 # What asyncio's selector loop does *around* its selector, ferroloop does
 # natively (the iteration, the ready queue, the fd table: ``_add_reader`` &
-# co. are ``_Loop`` methods), and signals and subprocesses are not offered
-# yet (they need the loop's self-pipe and child watchers): none of these is
-# taken from asyncio.
+# co. are ``_Loop`` methods); none of these is taken from asyncio.
 _NOT_FROM_ASYNCIO = frozenset(
     {
-        # the scheduler and the selector: native in ferroloop
         "_run_once",
         "_process_events",
         "_call_soon",
         "_add_callback",
-        "_add_callback_signalsafe",
         "_add_reader",
         "_add_writer",
         "_remove_reader",
         "_remove_writer",
-        "_make_self_pipe",
-        "_close_self_pipe",
-        "_read_from_self",
-        "_process_self_data",
-        # signals and subprocesses: not yet (NotImplementedError, as before)
-        "add_signal_handler",
-        "remove_signal_handler",
-        "_check_signal",
-        "_handle_signal",
-        "_child_watcher_callback",
-        "_make_subprocess_transport",
-        "_log_subprocess",
-        "subprocess_exec",
-        "subprocess_shell",
     }
 )
 
 
+def _run_signal_handle(handle: Any) -> None:
+    if not handle._cancelled:
+        handle._run()
+
+
 def _adopt_asyncio_io(cls: type) -> list[str]:
     """Gives ``cls`` asyncio's own I/O methods (sockets, transports, servers,
-    DNS, sendfile, datagrams, pipes, TLS), taken from the Unix selector
+    DNS, sendfile, datagrams, pipes, TLS, signals, subprocesses), taken from the Unix selector
     loop's classes in method-resolution order: every method that ``cls`` and
     its native base do not define, minus ``_NOT_FROM_ASYNCIO``. They reach
     the loop only through its public methods and the native fd watches, so
@@ -257,8 +293,9 @@ def new_event_loop(*, native_tasks: bool = True) -> Loop:
     return Loop(native_tasks=native_tasks)
 
 
-class EventLoopPolicy(_events.BaseDefaultEventLoopPolicy):
-    """asyncio's default policy, creating ferroloop loops.
+class EventLoopPolicy(_unix_events.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
+    """asyncio's default (Unix) policy, creating ferroloop loops (its child
+    watcher serves subprocesses on 3.11, as with asyncio's own loop).
 
     As with the standard policy (and unlike uvloop's), ``get_event_loop()``
     called in the main thread with no loop set creates and sets one.
