@@ -28,7 +28,7 @@ use crate::errors::{is_exit_exception, os_error};
 use crate::future::{self, task_context, Future};
 use crate::handle::{self, report_callback_error, Handle, TimerEntry, TimerHandle};
 use crate::io::fd_watch::{self, FdKey};
-use crate::loop_state::{Loop, Ready};
+use crate::loop_state::{Loop, LoopState, Ready};
 
 impl Loop {
     /// One iteration: `ferroloop_core::LoopCore`'s phases, with the GIL
@@ -37,7 +37,10 @@ impl Loop {
     /// Signal handlers run before the reactor leaves the core and after it
     /// is back: a Python handler that raises (Ctrl-C's `KeyboardInterrupt`)
     /// can never cost the loop its reactor.
-    fn run_once(slf: &Bound<'_, Loop>) -> PyResult<()> {
+    ///
+    /// With `stop_check`, it first returns `Ok(true)` without iterating if
+    /// `stop()` was called (during the previous iteration).
+    fn run_once(slf: &Bound<'_, Loop>, stop_check: bool) -> PyResult<bool> {
         let py = slf.py();
         let mut purged: Vec<TimerEntry> = Vec::new();
         let on_due = |e: TimerEntry| Some(Ready::Handle(e.base));
@@ -47,7 +50,10 @@ impl Loop {
         // Most iterations of a busy loop skip the poll: then planning and
         // collecting share one borrow.
         let (plan, mut ntodo) = {
-            let mut s = slf.borrow_mut();
+            let mut s = slf.get().st();
+            if stop_check && s.core.stopping {
+                return Ok(true);
+            }
             let plan = s.core.prepare(|e| purged.push(e));
             let ntodo = (plan == PollPlan::Skip).then(|| s.core.collect(on_io, on_due));
             (plan, ntodo)
@@ -61,11 +67,11 @@ impl Loop {
         if ntodo.is_none() {
             let polled = if let PollPlan::Block(timeout) = plan {
                 py.check_signals()?;
-                let mut poller = slf.borrow_mut().core.take_poller();
+                let mut poller = slf.get().st().core.take_poller();
                 py.detach(|| poller.poll(timeout));
-                slf.borrow_mut().core.put_poller(poller)
+                slf.get().st().core.put_poller(poller)
             } else {
-                let mut s = slf.borrow_mut();
+                let mut s = slf.get().st();
                 let mut poller = s.core.take_poller();
                 poller.poll(Some(Duration::ZERO));
                 s.core.put_poller(poller)
@@ -73,11 +79,11 @@ impl Loop {
             if polled.map_err(os_error)?.interrupted {
                 py.check_signals()?;
             }
-            ntodo = Some(slf.borrow_mut().core.collect(on_io, on_due));
+            ntodo = Some(slf.get().st().core.collect(on_io, on_due));
         }
         for _ in 0..ntodo.unwrap_or(0) {
             let (item, debug) = {
-                let mut s = slf.borrow_mut();
+                let mut s = slf.get().st();
                 match s.core.ready.pop() {
                     Some(i) => (i, s.debug),
                     None => break,
@@ -85,7 +91,7 @@ impl Loop {
             };
             Loop::run_item(slf, item, debug)?;
         }
-        Ok(())
+        Ok(false)
     }
 
     fn run_item(slf: &Bound<'_, Loop>, item: Ready, debug: bool) -> PyResult<()> {
@@ -196,7 +202,7 @@ impl Loop {
         let dt = clock::monotonic() - t0;
         slf.setattr(intern!(py, "_current_handle"), py.None())?;
         r?;
-        if dt >= slf.borrow().slow_callback_duration {
+        if dt >= slf.get().st().slow_callback_duration {
             slf.call_method1(intern!(py, "_log_slow_callback"), (h, dt))?;
         }
         Ok(())
@@ -215,7 +221,7 @@ impl Loop {
     ) -> PyResult<Handle> {
         let py = slf.py();
         let debug = {
-            let s = slf.borrow();
+            let s = slf.get().st();
             s.check_closed()?;
             s.debug
         };
@@ -250,7 +256,7 @@ impl Loop {
             py,
             Loop::make_handle(slf, callback, args, context, "call_soon", true)?,
         )?;
-        let mut s = slf.borrow_mut();
+        let mut s = slf.get().st();
         if !s.debug {
             handle::pin(h.bind(py).as_any());
         }
@@ -285,7 +291,7 @@ impl Loop {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
     fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        Ok(Loop {
+        Ok(Loop::new(LoopState {
             core: LoopCore::new().map_err(os_error)?,
             closed: false,
             running: false,
@@ -293,7 +299,7 @@ impl Loop {
             slow_callback_duration: 0.1,
             task_factory: None,
             native_tasks: true,
-        })
+        }))
     }
 
     fn time(&self) -> f64 {
@@ -302,7 +308,7 @@ impl Loop {
 
     #[getter]
     fn _clock_resolution(&self) -> f64 {
-        self.core.resolution()
+        self.st().core.resolution()
     }
 
     #[pyo3(signature = (callback, *args, context=None))]
@@ -322,9 +328,7 @@ impl Loop {
         // to one deque), and the wake-up ends a poll in progress. (The
         // injector serves pushes made without the GIL.)
         let injector = {
-            let mut s = slf
-                .try_borrow_mut()
-                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            let mut s = slf.get().try_st()?;
             if !s.debug {
                 handle::pin(h.bind(py).as_any());
             }
@@ -381,7 +385,7 @@ impl Loop {
     /// asyncio's hook for a cancelled `TimerHandle`: counted (it decides
     /// when the heap is compacted) only if the handle is scheduled here.
     /// ferroloop's own TimerHandles count themselves (`crate::handle`).
-    fn _timer_handle_cancelled(&mut self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn _timer_handle_cancelled(&self, handle: &Bound<'_, PyAny>) -> PyResult<()> {
         let scheduled = match handle.cast::<TimerHandle>() {
             Ok(th) => th
                 .get()
@@ -392,7 +396,7 @@ impl Loop {
                 .is_truthy()?,
         };
         if scheduled {
-            self.core.timers.note_cancelled();
+            self.st().core.timers.note_cancelled();
         }
         Ok(())
     }
@@ -400,62 +404,62 @@ impl Loop {
     /// asyncio's `_timer_cancelled_count`: cancelled timers still in the heap.
     #[getter]
     fn _timer_cancelled_count(&self) -> usize {
-        self.core.timers.cancelled_count()
+        self.st().core.timers.cancelled_count()
     }
 
-    fn stop(&mut self) {
-        self.core.stopping = true;
+    fn stop(&self) {
+        self.st().core.stopping = true;
     }
 
     #[getter]
     fn _stopping(&self) -> bool {
-        self.core.stopping
+        self.st().core.stopping
     }
 
     fn is_running(&self) -> bool {
-        self.running
+        self.st().running
     }
 
     fn is_closed(&self) -> bool {
-        self.closed
+        self.st().closed
     }
 
     fn _check_closed(&self) -> PyResult<()> {
-        self.check_closed()
+        self.st().check_closed()
     }
 
     fn get_debug(&self) -> bool {
-        self.debug
+        self.st().debug
     }
 
-    fn _set_debug_flag(&mut self, enabled: bool) {
-        self.debug = enabled;
+    fn _set_debug_flag(&self, enabled: bool) {
+        self.st().debug = enabled;
     }
 
     #[getter]
     fn get_slow_callback_duration(&self) -> f64 {
-        self.slow_callback_duration
+        self.st().slow_callback_duration
     }
 
     #[setter]
-    fn set_slow_callback_duration(&mut self, v: f64) {
-        self.slow_callback_duration = v;
+    fn set_slow_callback_duration(&self, v: f64) {
+        self.st().slow_callback_duration = v;
     }
 
     #[getter]
     fn get__native_tasks(&self) -> bool {
-        self.native_tasks
+        self.st().native_tasks
     }
 
     #[setter]
-    fn set__native_tasks(&mut self, v: bool) {
-        self.native_tasks = v;
+    fn set__native_tasks(&self, v: bool) {
+        self.st().native_tasks = v;
     }
 
     fn create_future(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let (native, debug) = {
-            let s = slf.borrow();
+            let s = slf.get().st();
             (s.native_tasks, s.debug)
         };
         if native {
@@ -480,7 +484,7 @@ impl Loop {
     ) -> PyResult<Py<PyAny>> {
         let py = slf.py();
         let (factory, native) = {
-            let s = slf.borrow();
+            let s = slf.get().st();
             s.check_closed()?;
             (
                 s.task_factory.as_ref().map(|f| f.clone_ref(py)),
@@ -523,7 +527,7 @@ impl Loop {
             .unbind())
     }
 
-    fn set_task_factory(&mut self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
+    fn set_task_factory(&self, factory: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let factory = factory.filter(|f| !f.is_none());
         if let Some(f) = &factory {
             if !f.is_callable() {
@@ -532,19 +536,22 @@ impl Loop {
                 ));
             }
         }
-        self.task_factory = factory.map(|f| f.unbind());
+        // The old factory is dropped after the state is released (its
+        // `__del__` may call the loop).
+        let old = std::mem::replace(&mut self.st().task_factory, factory.map(|f| f.unbind()));
+        drop(old);
         Ok(())
     }
 
     fn get_task_factory(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.task_factory.as_ref().map(|f| f.clone_ref(py))
+        self.st().task_factory.as_ref().map(|f| f.clone_ref(py))
     }
 
     /// Runs iterations until `stop()`; the Python `run_forever` wraps this
     /// with the running-loop bookkeeping.
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         {
-            let mut s = slf.borrow_mut();
+            let mut s = slf.get().st();
             s.check_closed()?;
             if s.running {
                 return Err(PyRuntimeError::new_err(
@@ -553,15 +560,18 @@ impl Loop {
             }
             s.running = true;
         }
+        // asyncio: `while True: _run_once(); if _stopping: break`. The
+        // check is made by the next run_once, in the borrow it takes anyway
+        // (nothing runs in between): at least one iteration always runs.
+        let mut first = true;
         let result = loop {
-            if let Err(e) = Loop::run_once(slf) {
-                break Err(e);
-            }
-            if slf.borrow().core.stopping {
-                break Ok(());
+            match Loop::run_once(slf, !first) {
+                Ok(true) => break Ok(()),
+                Ok(false) => first = false,
+                Err(e) => break Err(e),
             }
         };
-        let mut s = slf.borrow_mut();
+        let mut s = slf.get().st();
         s.core.stopping = false;
         s.running = false;
         result
@@ -571,7 +581,7 @@ impl Loop {
     /// adds executor shutdown).
     fn _close(slf: &Bound<'_, Self>) -> PyResult<()> {
         let (ready, timers, injected, watched) = {
-            let mut s = slf.borrow_mut();
+            let mut s = slf.get().st();
             if s.running {
                 return Err(PyRuntimeError::new_err("Cannot close a running event loop"));
             }
@@ -605,12 +615,12 @@ impl Loop {
 
     /// Number of callbacks waiting in the ready queue.
     fn _ready_count(&self) -> usize {
-        self.core.ready.len()
+        self.st().core.ready.len()
     }
 
     /// Number of entries in the timer heap (cancelled ones included).
     fn _timer_count(&self) -> usize {
-        self.core.timers.len()
+        self.st().core.timers.len()
     }
 
     /// asyncio's `BaseSelectorEventLoop._add_reader`: `callback(*args)` runs
@@ -657,11 +667,11 @@ impl Loop {
 
     /// Number of fds the reactor watches (`add_reader`/`add_writer`).
     fn _io_source_count(&self) -> usize {
-        self.core.source_count()
+        self.st().core.source_count()
     }
 
     fn _write_to_self(&self) -> PyResult<()> {
-        self.core.injector().wake().map_err(os_error)
+        self.st().core.injector().wake().map_err(os_error)
     }
 }
 
@@ -689,7 +699,7 @@ impl Loop {
             base: th.as_super().clone().unbind(),
             timer: th.clone().unbind(),
         };
-        let mut s = slf.borrow_mut();
+        let mut s = slf.get().st();
         if !s.debug {
             handle::pin(th.as_any());
         }

@@ -263,62 +263,6 @@ impl Drop for Adopted {
     }
 }
 
-/// A strong reference released with a direct `Py_DECREF`.
-///
-/// PyO3's `Py<T>` checks, on every drop, whether the thread is attached to
-/// the interpreter (a thread-local read: `__tls_get_addr` in a shared
-/// library, ~20 instructions). The fields of a `Handle` are dropped with the
-/// GIL held -- by its `tp_dealloc`, or by GIL-holding code that took them
-/// out (the same invariant [`Adopted`] relies on) -- so they skip that
-/// check. Asserted in debug builds.
-#[repr(transparent)]
-pub(crate) struct GilPy<T>(ManuallyDrop<Py<T>>);
-
-impl<T> GilPy<T> {
-    #[inline]
-    pub(crate) fn new(obj: Py<T>) -> Self {
-        GilPy(ManuallyDrop::new(obj))
-    }
-
-    /// Gives the reference to code that may drop it anywhere.
-    #[inline]
-    pub(crate) fn into_inner(self) -> Py<T> {
-        let mut this = ManuallyDrop::new(self);
-        // SAFETY: `this` is never dropped, so the Py is moved out once.
-        unsafe { ManuallyDrop::take(&mut this.0) }
-    }
-
-    /// The reference as a `Bound` (dropped without the attach check too).
-    #[inline]
-    pub(crate) fn into_bound(self, py: Python<'_>) -> Bound<'_, T> {
-        self.into_inner().into_bound(py)
-    }
-}
-
-impl<T> std::ops::Deref for GilPy<T> {
-    type Target = Py<T>;
-
-    #[inline]
-    fn deref(&self) -> &Py<T> {
-        &self.0
-    }
-}
-
-impl<T> Drop for GilPy<T> {
-    #[inline]
-    fn drop(&mut self) {
-        debug_assert_eq!(
-            // SAFETY: PyGILState_Check only reads the thread state.
-            unsafe { ffi::PyGILState_Check() },
-            1,
-            "GilPy dropped without the GIL"
-        );
-        // SAFETY: the GIL is held (see the type's docs); we own this
-        // reference and release it exactly once.
-        unsafe { ffi::Py_DECREF(self.0.as_ptr()) }
-    }
-}
-
 struct Relay<'a, 'b> {
     visit: &'a PyVisit<'b>,
     err: Option<PyTraverseError>,

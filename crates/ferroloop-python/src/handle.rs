@@ -21,7 +21,6 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
-use parking_lot::Mutex;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -29,7 +28,8 @@ use pyo3::{intern, PyTypeInfo};
 
 use crate::aio::{call_tuple, copy_context, extract_stack, imports, in_context};
 use crate::errors::is_exit_exception;
-use crate::gc::{self, Adopted, GilPy};
+use crate::gc::{self, Adopted};
+use crate::gil::{GilPy, GilRefCell};
 
 /// What handles need from ferroloop's own loop (`crate::loop_state`, which
 /// registers it with [`set_loop_hooks`] at module init). Unregistered, every
@@ -82,7 +82,7 @@ pub(crate) struct HandleInner {
 
 #[pyclass(module = "asyncio.events", name = "Handle", subclass, frozen, weakref)]
 pub struct Handle {
-    pub(crate) inner: Mutex<HandleInner>,
+    pub(crate) inner: GilRefCell<HandleInner>,
     /// Adopted when it is a copy made for this handle (see `crate::gc`).
     pub(crate) context: Adopted,
     pub(crate) lp: GilPy<PyAny>,
@@ -99,7 +99,7 @@ impl Handle {
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         Handle {
-            inner: Mutex::new(HandleInner {
+            inner: GilRefCell::new(HandleInner {
                 callback: Some(GilPy::new(callback)),
                 args: Some(GilPy::new(args)),
                 repr: None,

@@ -11,7 +11,7 @@
 //! those below it; the few calls upward go through function-pointer hooks
 //! and traits that the higher module installs during the init below (the
 //! submodules of `future` form one layer and use each other freely):
-//! 1. `gc`, `aio` (asyncio/contextvars calls), then `errors` and `slots`
+//! 1. `gil`, `gc`, `aio` (asyncio/contextvars calls), then `errors` and `slots`
 //!    (all CPython slot patching);
 //! 2. `handle`: `Handle`, `TimerHandle`;
 //! 3. `loop_state`: the `_Loop` struct and its ready-queue items;
@@ -27,6 +27,7 @@ mod event_loop;
 mod fastcall;
 mod future;
 mod gc;
+mod gil;
 mod handle;
 mod io;
 mod loop_state;

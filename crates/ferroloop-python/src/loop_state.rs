@@ -17,6 +17,7 @@
 //!   them, always with a native task (a `crate::future::Future` whose task
 //!   state is set), so their users may cast it unchecked.
 
+use std::cell::RefMut;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use ferroloop_core::LoopCore;
@@ -26,6 +27,7 @@ use pyo3::prelude::*;
 
 use crate::errors::closed_error;
 use crate::gc::Adopted;
+use crate::gil::GilRefCell;
 use crate::handle::{self, Handle, LoopHooks, TimerEntry};
 
 /// A unit of work in the ready queue.
@@ -57,8 +59,46 @@ pub struct FdWatch {
     pub fileobj: Py<PyAny>,
 }
 
-#[pyclass(module = "ferroloop._ferroloop", name = "_Loop", subclass, weakref)]
+/// `_Loop`: a frozen pyclass whose mutable state is a [`LoopState`] behind
+/// a GIL-guarded cell (`crate::gil`): PyO3's borrow flag of a non-frozen
+/// class is an atomic read-modify-write per borrow, and the iteration and
+/// `call_soon` borrow several times per callback.
+#[pyclass(
+    module = "ferroloop._ferroloop",
+    name = "_Loop",
+    subclass,
+    weakref,
+    frozen
+)]
 pub struct Loop {
+    state: GilRefCell<LoopState>,
+}
+
+impl Loop {
+    pub(crate) fn new(state: LoopState) -> Self {
+        Loop {
+            state: GilRefCell::new(state),
+        }
+    }
+
+    /// The loop's state, borrowed (never across Python code: see the
+    /// module invariants).
+    #[inline]
+    pub(crate) fn st(&self) -> RefMut<'_, LoopState> {
+        self.state.lock()
+    }
+
+    /// [`Loop::st`], or a RuntimeError if it is borrowed already.
+    #[inline]
+    pub(crate) fn try_st(&self) -> PyResult<RefMut<'_, LoopState>> {
+        self.state
+            .try_lock()
+            .ok_or_else(|| PyRuntimeError::new_err("Already borrowed"))
+    }
+}
+
+/// The state of a `_Loop`.
+pub struct LoopState {
     /// The state the iteration runs on (ready queue, timer heap, reactor,
     /// injector, the fd table of `add_reader`/`add_writer` handles): the
     /// one iteration is `ferroloop_core::LoopCore`'s, driven by
@@ -82,9 +122,7 @@ impl Loop {
         item: Ready,
         on_queued: impl FnOnce(),
     ) -> PyResult<Option<Ready>> {
-        let mut s = slf
-            .try_borrow_mut()
-            .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+        let mut s = slf.get().try_st()?;
         if s.closed {
             return Err(closed_error());
         }
@@ -95,7 +133,9 @@ impl Loop {
         }
         Ok(Some(item))
     }
+}
 
+impl LoopState {
     pub(crate) fn check_closed(&self) -> PyResult<()> {
         if self.closed {
             Err(closed_error())
@@ -108,7 +148,7 @@ impl Loop {
 /// `loop.get_debug()`, without a Python call for ferroloop's own loop.
 pub(crate) fn loop_debug(lp: &Bound<'_, PyAny>) -> PyResult<bool> {
     if let Ok(l) = lp.cast::<Loop>() {
-        return Ok(l.borrow().debug);
+        return Ok(l.get().st().debug);
     }
     lp.call_method0(intern!(lp.py(), "get_debug"))?.is_truthy()
 }
@@ -120,7 +160,7 @@ fn timer_cancelled(lp: &Bound<'_, PyAny>, scheduled: &AtomicBool) -> bool {
         return false;
     };
     if scheduled.load(Ordering::Relaxed) {
-        l.borrow_mut().core.timers.note_cancelled();
+        l.get().st().core.timers.note_cancelled();
     }
     true
 }

@@ -51,6 +51,8 @@ use std::sync::OnceLock;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::prelude::*;
+
+use crate::gil::GilCell;
 use pyo3::types::PyType;
 use pyo3::PyTypeCheck;
 
@@ -546,10 +548,10 @@ pub(crate) unsafe fn install_am_send<H: AmSend>(tp: &Bound<'_, PyType>) {
 /// subclass: those are larger) enter the list, after their deallocation is
 /// complete (their memory, GC header included, untouched since
 /// `PyObject_GC_UnTrack`); at most [`FreeList::MAX`] are kept. All access
-/// holds the GIL; the mutex only makes the static `Sync`.
+/// holds the GIL ([`crate::gil::GilCell`]).
 pub(crate) struct FreeList {
     tp: AtomicPtr<ffi::PyTypeObject>,
-    objs: parking_lot::Mutex<Vec<usize>>,
+    objs: GilCell<Vec<usize>>,
 }
 
 impl FreeList {
@@ -558,7 +560,7 @@ impl FreeList {
     pub(crate) const fn new() -> Self {
         FreeList {
             tp: AtomicPtr::new(std::ptr::null_mut()),
-            objs: parking_lot::const_mutex(Vec::new()),
+            objs: GilCell::new(Vec::new()),
         }
     }
 
@@ -605,7 +607,8 @@ unsafe extern "C" fn pooled_alloc<L: HasFreeList>(
 ) -> *mut ffi::PyObject {
     let list = L::list();
     if nitems == 0 && tp == list.tp.load(Ordering::Relaxed) {
-        let recycled = list.objs.lock().pop();
+        // SAFETY: tp_alloc runs with the GIL held; nothing re-enters.
+        let recycled = unsafe { list.objs.with(Vec::pop) };
         if let Some(addr) = recycled {
             let obj = addr as *mut ffi::PyObject;
             // SAFETY: `obj` is the memory of an object of type `tp`,
@@ -641,9 +644,17 @@ unsafe extern "C" fn pooled_free<L: HasFreeList>(obj: *mut std::ffi::c_void) {
     // SAFETY: the type pointer of a deallocated object is still readable.
     let exact = unsafe { ffi::Py_TYPE(obj.cast()) } == list.tp.load(Ordering::Relaxed);
     if exact {
-        let mut free = list.objs.lock();
-        if free.len() < FreeList::MAX {
-            free.push(obj as usize);
+        // SAFETY: tp_free runs with the GIL held; nothing re-enters.
+        let kept = unsafe {
+            list.objs.with(|free| {
+                let keep = free.len() < FreeList::MAX;
+                if keep {
+                    free.push(obj as usize);
+                }
+                keep
+            })
+        };
+        if kept {
             return;
         }
     }

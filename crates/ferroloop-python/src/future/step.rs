@@ -436,7 +436,7 @@ pub(crate) fn push_ready(
         return Ok(());
     };
     let h = item_to_handle(lp, item)?;
-    lp.borrow_mut().core.ready.push(Ready::Handle(h));
+    lp.get().st().core.ready.push(Ready::Handle(h));
     Ok(())
 }
 
@@ -445,7 +445,7 @@ pub(crate) fn push_ready(
 pub(crate) fn item_to_handle(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<Py<Handle>> {
     let py = slf.py();
     let lp = slf.clone().into_any().unbind();
-    let debug = slf.borrow().debug;
+    let debug = slf.get().st().debug;
     let tb = if debug {
         Some(extract_stack(py)?)
     } else {

@@ -102,7 +102,7 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let debug = {
-            let s = slf.borrow();
+            let s = slf.get().st();
             s.check_closed()?;
             s.debug
         };
@@ -121,7 +121,7 @@ impl Loop {
             )?,
         )?;
         let replaced = {
-            let mut s = slf.borrow_mut();
+            let mut s = slf.get().st();
             let watch = FdWatch {
                 handle: h.clone_ref(py),
                 fileobj: fileobj.clone().unbind(),
@@ -145,12 +145,12 @@ impl Loop {
         read: bool,
     ) -> PyResult<bool> {
         let py = slf.py();
-        if slf.borrow().closed {
+        if slf.get().st().closed {
             return Ok(false);
         }
         let fd = Loop::watched_fd(slf, fd)?;
         let removed = {
-            let mut s = slf.borrow_mut();
+            let mut s = slf.get().st();
             if read {
                 s.core.remove_reader(fd)
             } else {
@@ -171,7 +171,7 @@ impl Loop {
     /// that fails (a closed socket's is -1), the fd it was watched under.
     fn watched_fd(slf: &Bound<'_, Loop>, fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         fileobj_to_fd(fileobj).or_else(|e| {
-            let s = slf.borrow();
+            let s = slf.get().st();
             let found = s
                 .core
                 .io
@@ -197,7 +197,7 @@ impl Loop {
         let Ok(fd) = Loop::watched_fd(slf, fileobj) else {
             return Ok(None);
         };
-        let s = slf.borrow();
+        let s = slf.get().st();
         Ok(s.core.io.get_fd(fd).map(|w| {
             let first = w
                 .reader
