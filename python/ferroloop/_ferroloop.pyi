@@ -20,6 +20,7 @@ __all__ = [
     "TaskStepMethWrapper",
     "task_wakeup",
     "__version__",
+    "recv_bytes",
 ]
 
 @disjoint_base
@@ -219,3 +220,5 @@ class _Loop:
     def _clock_resolution(self) -> float: ...
     @property
     def _stopping(self) -> bool: ...
+
+def recv_bytes(fd: int, max_size: int) -> bytes: ...

@@ -53,6 +53,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(m.py())?;
     future::iter::install_am_send(m.py());
     future::init_statics(m.py())?;
+    m.add_function(wrap_pyfunction!(io::read_buf::recv_bytes, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -1,5 +1,7 @@
 //! I/O on the loop: below the `_Loop` methods (`crate::event_loop`), above
 //! the loop state and handles.
 //! - [`fd_watch`]: `add_reader`/`add_writer` handles on the core's fd table.
+//! - [`read_buf`]: socket reads into one reusable buffer.
 
 pub(crate) mod fd_watch;
+pub(crate) mod read_buf;
