@@ -1,0 +1,183 @@
+//! Floor echo server for `bench/io/run.py`: the cost of the syscalls alone.
+//!
+//! ```text
+//! echo-floor --addr tcp:127.0.0.1:0|unix:/path [--max-seconds 600]
+//! ```
+//!
+//! One thread, one level-triggered epoll, nonblocking sockets: per readiness
+//! event one `read` into a 256 KiB buffer, then one `write` of what was read
+//! (the rest, if the socket takes only part of it, goes out on EPOLLOUT while
+//! reading pauses). Prints `READY <addr>` when listening (the port filled in),
+//! runs until stdin closes (or `--max-seconds`), then prints one JSON line
+//! with its own CPU time, the same form as bench/io/servers.py:
+//! `{"utime": s, "stime": s, "cpu": s}`.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use echo_client::{cpu_times, parse_args, Addr, Epoll, Stream, IN, OUT};
+
+const BUF: usize = 256 * 1024;
+const LISTEN: u64 = u64::MAX;
+const STDIN: u64 = u64::MAX - 1;
+/// Connections accepted per listener event (the rest on the next event).
+const ACCEPT_BATCH: usize = 256;
+
+struct Conn {
+    s: Stream,
+    buf: Vec<u8>,
+    /// Bytes `buf[start..end]` read but not yet written back.
+    start: usize,
+    end: usize,
+}
+
+enum Step {
+    Keep,
+    Close,
+}
+
+impl Conn {
+    /// Writes out the pending bytes; true when none are left.
+    fn flush(&mut self) -> io::Result<bool> {
+        // Bounded: each pass writes >= 1 byte or leaves.
+        while self.start < self.end {
+            match self.s.write(&self.buf[self.start..self.end]) {
+                Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "write returned 0")),
+                Ok(n) => self.start += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.start = 0;
+        self.end = 0;
+        Ok(true)
+    }
+
+    fn on_event(&mut self, ep: &Epoll, token: u64, ev: u32) -> io::Result<Step> {
+        if self.end > self.start {
+            // Waiting to write the rest: reading stays off until it is out.
+            if ev & OUT != 0 && self.flush()? {
+                ep.modify(self.s.fd(), IN, token)?;
+            }
+            return Ok(Step::Keep);
+        }
+        let n = match self.s.read(&mut self.buf) {
+            Ok(0) => return Ok(Step::Close),
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {
+                return Ok(Step::Keep)
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Ok(Step::Close),
+            Err(e) => return Err(e),
+        };
+        self.start = 0;
+        self.end = n;
+        if !self.flush()? {
+            ep.modify(self.s.fd(), OUT, token)?;
+        }
+        Ok(Step::Keep)
+    }
+}
+
+fn run() -> Result<(), String> {
+    let mut addr = None;
+    let mut max_seconds = 600.0f64;
+    for (k, v) in parse_args(std::env::args().skip(1), &[])? {
+        match k.as_str() {
+            "addr" => addr = Some(Addr::parse(&v)?),
+            "max-seconds" => {
+                max_seconds = v
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x > 0.0 && *x <= 86_400.0)
+                    .ok_or_else(|| format!("--max-seconds: bad value {v:?}"))?
+            }
+            _ => return Err(format!("unknown option --{k}")),
+        }
+    }
+    let addr = addr.ok_or("--addr is required")?;
+    let err = |e: io::Error| e.to_string();
+    let (listener, bound) = addr.listen().map_err(err)?;
+    let mut ep = Epoll::new(1024).map_err(err)?;
+    ep.add(listener.fd(), IN, LISTEN).map_err(err)?;
+    ep.add(0, IN, STDIN).map_err(err)?;
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    {
+        let mut out = io::stdout().lock();
+        writeln!(out, "READY {bound}").map_err(err)?;
+        out.flush().map_err(err)?;
+    }
+
+    let end = Instant::now() + Duration::from_secs_f64(max_seconds);
+    let mut ready: Vec<(u64, u32)> = Vec::with_capacity(1024);
+    let mut stop = false;
+    // Bounded in time by `end` (each wait is at most 100 ms).
+    while !stop && Instant::now() < end {
+        ready.clear();
+        ready.extend(ep.wait(100).map_err(err)?);
+        for &(token, ev) in &ready {
+            match token {
+                STDIN => {
+                    let mut b = [0u8; 256];
+                    match io::stdin().lock().read(&mut b) {
+                        Ok(0) | Err(_) => stop = true, // closed: the run is over
+                        Ok(_) => {}                    // anything written is ignored
+                    }
+                }
+                LISTEN => {
+                    for _ in 0..ACCEPT_BATCH {
+                        let Some(s) = listener.accept().map_err(err)? else {
+                            break;
+                        };
+                        let i = free.pop().unwrap_or_else(|| {
+                            conns.push(None);
+                            conns.len() - 1
+                        });
+                        ep.add(s.fd(), IN, i as u64).map_err(err)?;
+                        conns[i] = Some(Conn {
+                            s,
+                            buf: vec![0; BUF],
+                            start: 0,
+                            end: 0,
+                        });
+                    }
+                }
+                t => {
+                    let i = t as usize;
+                    let Some(c) = conns.get_mut(i).and_then(Option::as_mut) else {
+                        continue;
+                    };
+                    let step = c.on_event(&ep, t, ev).unwrap_or(Step::Close);
+                    if let Step::Close = step {
+                        let _ = ep.delete(c.s.fd());
+                        conns[i] = None; // closes the socket
+                        free.push(i);
+                    }
+                }
+            }
+        }
+    }
+    drop(conns);
+    if let Addr::Unix(p) = &addr {
+        let _ = std::fs::remove_file(p);
+    }
+    let (u, s) = cpu_times();
+    println!(
+        "{{\"utime\": {u:.6}, \"stime\": {s:.6}, \"cpu\": {:.6}}}",
+        u + s
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo-floor: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
