@@ -28,6 +28,22 @@ demo: build ## run the seed examples on asyncio and ferroloop side by side, then
 bench: build ## benchmarks: asyncio vs uvloop vs ferroloop (ratios of medians)
 	$(VPY) bench/run.py
 
+bench-io: build bench-io-deps ## I/O benchmarks: echo servers + uvicorn per loop, Rust floor (bench/io/results.md)
+	$(VPY) bench/io/run.py
+
+# wrk (Debian package) drives the uvicorn cell; apt only when it is missing.
+# The load client and floor server are this workspace's bench/io/echo-client.
+bench-io-deps: ## wrk (apt, if missing) and the compiled echo client / floor server
+	@if ! command -v wrk >/dev/null; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "bench-io-deps: wrk missing and not root: install wrk; the HTTP cell will skip"; \
+		else \
+			apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
+		fi; \
+	fi
+	cargo build --release -q -p echo-client
+
 lint: $(STAMP) ## rustfmt, clippy -D warnings, ruff, mypy stubtest
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
@@ -38,15 +54,32 @@ lint: $(STAMP) ## rustfmt, clippy -D warnings, ruff, mypy stubtest
 test: build ## everything: lint, cargo test, pytest, seeds, fast conformance subset
 	$(MAKE) lint
 	cargo test --workspace -q
+	$(MAKE) test-deps
 	$(VPY) -m pytest -q -p no:cacheprovider
 	$(VPY) examples/demo.py --quick
 	$(VPY) -m conformance.run --fast
 
-conformance: build ## CPython's test_asyncio on ferroloop -> conformance/RESULTS.md
+# Debian packages of the servers the ecosystem tests run (tests/ecosystem):
+# installed only when a binary is missing, so a no-op (no apt) once present.
+test-deps: ## Debian packages for tests/ecosystem (redis-server, postgresql), if missing
+	@if command -v redis-server >/dev/null && command -v openssl >/dev/null && \
+	    { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then \
+		exit 0; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "test-deps: redis-server, PostgreSQL or openssl missing and not root:" \
+		     "install redis-server postgresql openssl; their ecosystem tests will skip"; \
+	else \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			redis-server postgresql openssl; \
+	fi
+
+conformance: build ## CPython's test_asyncio and uvloop's tests on ferroloop -> conformance/RESULTS.md, UVLOOP_RESULTS.md
 	$(VPY) -m conformance.run
+	$(VPY) -m conformance.uvloop_suite
 
 clean: ## remove build products
 	cargo clean
 	rm -rf $(VENV)
 
-.PHONY: help venv build demo bench lint test conformance clean
+.PHONY: help venv build demo bench bench-io bench-io-deps lint test test-deps conformance clean
