@@ -569,7 +569,7 @@ def write_results(opts, runners, wall, md_path, jsonl_path):
               "`create_future`/`create_task` is ferroloop's.\n")
         total = collections.Counter()
         groups = [("Core modules (fast subset)", FAST_MODULES),
-                  ("I/O modules (ferroloop has no networking yet)",
+                  ("I/O modules (asyncio's transports on ferroloop's native fd watches)",
                    IO_MODULES),
                   ("Other modules (mostly stdlib internals)", None)]
         seen = set()
