@@ -214,7 +214,7 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
                     if let Some(r) = self.reactor.as_mut() {
                         // A failure here means the fd was closed under its
                         // watcher: nothing more can be reported for it.
-                        let _ = r.rearm(fd, ev.token, read, write);
+                        let _ = r.reregister(fd, ev.token, read, write);
                     }
                 }
             }

@@ -22,7 +22,7 @@
 //! while the fd is ready, whether or not it drained it. The rule, kept in
 //! one place ([`crate::LoopCore::collect`]):
 //! - after the loop dispatches an event of a watched fd, it re-arms the fd
-//!   with [`Reactor::rearm`] (`EPOLL_CTL_MOD` with the same interest). The
+//!   with [`Reactor::reregister`] (`EPOLL_CTL_MOD` with the same interest). The
 //!   kernel re-checks readiness on every `MOD` and queues a new event if the
 //!   fd is still ready, so the next poll reports it again: level-triggered
 //!   delivery, one event per ready fd per iteration (asyncio's fairness);
@@ -111,7 +111,9 @@ impl Reactor {
         Ok(())
     }
 
-    /// Changes what `fd` is watched for.
+    /// Changes what `fd` is watched for. With the same interest, it re-arms
+    /// the edge-triggered registration: a still-ready fd is reported again
+    /// by the next poll (the level-trigger bridge above).
     pub fn reregister(
         &mut self,
         fd: RawFd,
@@ -130,18 +132,6 @@ impl Reactor {
     pub fn deregister(&mut self, fd: RawFd) -> io::Result<()> {
         self.sources = self.sources.saturating_sub(1);
         self.poll.registry().deregister(&mut SourceFd(&fd))
-    }
-
-    /// Re-arms an edge-triggered registration so that a still-ready fd is
-    /// reported again by the next poll (the level-trigger bridge above).
-    pub fn rearm(
-        &mut self,
-        fd: RawFd,
-        token: usize,
-        readable: bool,
-        writable: bool,
-    ) -> io::Result<()> {
-        self.reregister(fd, token, readable, writable)
     }
 
     /// Waits for readiness; I/O events are passed to `on_event`.
@@ -264,7 +254,7 @@ mod tests {
         r.poll(Some(Duration::ZERO), |_| n += 1).unwrap();
         assert_eq!(n, 1);
         // ...until re-armed, while the byte is still unread
-        r.rearm(a.as_raw_fd(), 3, true, false).unwrap();
+        r.reregister(a.as_raw_fd(), 3, true, false).unwrap();
         r.poll(short, |_| n += 1).unwrap();
         assert_eq!(n, 2);
     }
