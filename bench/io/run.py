@@ -11,7 +11,8 @@ transport TCP on 127.0.0.1 or a Unix socket in a temp dir. Every measurement
 is a FRESH server process (`servers.py KIND LOOP`), driven by the compiled
 ping-pong client (bench/io/echo-client: one epoll thread, --conns
 connections, each sends one message and waits for the whole echo, checked
-byte for byte, before the next): the client warms up for --warmup seconds,
+(byte for byte up to 16 KiB and every 8th message; sampled otherwise), before
+the next): the client warms up for --warmup seconds,
 prints GO, measures for --duration seconds, prints its JSON and keeps its
 connections open until told to go. The server's CPU time for the window is
 read from /proc/PID/task/*/schedstat (ns; /proc/PID/stat ticks as a
@@ -144,6 +145,18 @@ def proc_cpu(pid: int) -> float:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime (fields 14, 15)
+
+
+def ferroloop_stamp() -> dict[str, float]:
+    """mtimes of the ferroloop package's files: a rebuild during a run shows as a change."""
+    try:
+        spec = importlib.util.find_spec("ferroloop")  # does not import it
+    except (ImportError, ValueError):
+        return {}
+    if spec is None or not spec.origin:
+        return {}
+    d = Path(spec.origin).parent
+    return {f.name: f.stat().st_mtime for f in d.iterdir() if f.suffix in (".py", ".so")}
 
 
 def machine_busy() -> float:
@@ -447,6 +460,7 @@ def main() -> int:
     results: dict[tuple, list[dict]] = {}
     errors: dict[tuple, Failed] = {}
     load_before = os.getloadavg()
+    stamp_before = ferroloop_stamp()
     if load_before[0] > 0.7:
         print(
             f"warning: load average {fmt_load(load_before)}: something else is running; "
@@ -675,6 +689,13 @@ def main() -> int:
     for (cell, loop), e in sorted(errors.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
         what = "unsupported" if e.unsupported else "ERROR"
         foot.append(f"{what}: {name_of(cell)} on {loop}: {e}")
+    changed = sorted(k for k, v in ferroloop_stamp().items() if stamp_before.get(k) != v)
+    if "ferroloop" in loops and changed:
+        foot.append(
+            "WARNING: ferroloop changed on disk during this run ("
+            + ", ".join(changed)
+            + "): its numbers mix two builds."
+        )
     foot += [f"note: {n}" for n in notes]
     foot.append(
         f"Medians of {rounds} rounds (quiet runs); each run a fresh server process, {args.warmup:g} s warm-up, "

@@ -80,7 +80,7 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         # cannot send it all at once (asyncio's selector transport copies,
         # uvloop may not): refilling the same buffer would then corrupt the
         # echo, so take a fresh one. Rare in ping-pong (only when a socket
-        # buffer is full), and the client checks every byte.
+        # buffer is full), and the client checks the echo.
         if t.get_write_buffer_size():
             self.view = memoryview(bytearray(BUF_SIZE))
 
