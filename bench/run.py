@@ -46,6 +46,24 @@ def loop_available(python: str, loop: str) -> str | None:
     return (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
 
 
+def select_loops(
+    ap: argparse.ArgumentParser, python: str, spec: str, known: tuple[str, ...]
+) -> tuple[list[str], list[str]]:
+    """The loops of the comma-separated `spec` that can be created here, and
+    a note for each that cannot (an unknown name is a usage error)."""
+    notes: list[str] = []
+    loops: list[str] = []
+    for loop in [x for x in spec.split(",") if x]:
+        if loop not in known:
+            ap.error(f"unknown loop {loop!r}")
+        why = loop_available(python, loop)
+        if why:
+            notes.append(f"{loop}: skipped ({why})")
+        else:
+            loops.append(loop)
+    return loops, notes
+
+
 def measure(
     python: str, workload: str, loop: str, n: int, gc_off: bool, timeout: float
 ) -> float | str:
@@ -129,16 +147,7 @@ def main() -> int:
     names = [w for w in WORKLOADS if w not in floors and (not args.workload or w in args.workload)]
     sizes = {w: max(1, WORKLOADS[w][1] // div) for w in [*names, "floor"]}
 
-    notes: list[str] = []
-    loops: list[str] = []
-    for loop in [x for x in args.loops.split(",") if x]:
-        if loop not in COLS:
-            ap.error(f"unknown loop {loop!r}")
-        why = loop_available(python, loop)
-        if why:
-            notes.append(f"{loop}: skipped ({why})")
-        else:
-            loops.append(loop)
+    loops, notes = select_loops(ap, python, args.loops, COLS)
     for note in notes:
         print("note:", note, file=sys.stderr)
     if not loops:

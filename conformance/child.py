@@ -336,10 +336,18 @@ def main():
     hang_file = open(args.hang_file, "a") if args.hang_file else None
     result = StreamingResult(ids, args.start, routing.COUNTER,
                              args.hang_after, hang_file, to_run, args.module)
-    unittest.TestSuite(to_run).run(result)
+    run_and_finish(result, to_run, ids, short_id, hang_file, "conformance")
 
+
+def run_and_finish(result, to_run, ids, id_of, hang_file, banner):
+    """Runs the planned tests, gives every one a record, then leaves through
+    a normal interpreter shutdown, so that crashes in finalizers at exit
+    (objects freed during Py_FinalizeEx) are seen: the parent records a
+    non-zero exit after "done" as a <module>.<interpreter shutdown> crash.
+    """
+    unittest.TestSuite(to_run).run(result)
     for t in to_run:     # safety net: every planned test gets a record
-        tid = short_id(t)
+        tid = id_of(t)
         if tid not in result.reported:
             emit(ev="result", i=ids.index(tid), id=tid, status="error",
                  summary="not run (no outcome reported by unittest)",
@@ -349,10 +357,7 @@ def main():
     sys.stderr.flush()
     if hang_file is not None:
         hang_file.close()
-    # A normal interpreter shutdown, so that crashes in finalizers at exit
-    # (objects freed during Py_FinalizeEx) are seen: the parent records a
-    # non-zero exit after "done" as a <module>.<interpreter shutdown> crash.
-    print("===== conformance: tests done, interpreter shutdown =====",
+    print(f"===== {banner}: tests done, interpreter shutdown =====",
           flush=True)
     sys.exit(0)
 

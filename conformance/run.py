@@ -735,6 +735,19 @@ def parse_args(argv):
     return o
 
 
+def run_module(mr):
+    """Runs one module's runner; a harness bug becomes an error record of
+    the module, and the run goes on."""
+    try:
+        mr.run()
+    except Exception as exc:
+        import traceback
+        mr.record(f"{mr.module}.<harness>", "error",
+                  f"harness error: {exc!r}", traceback.format_exc(),
+                  extra=True)
+    mr.elapsed = time.monotonic() - mr.t_start
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     o = parse_args(argv)
@@ -813,14 +826,7 @@ def main(argv=None):
                 pname, mod = jobs.pop(0)
             mr = ModuleRunner(o, o.passes_cfg[pname], mod, o.log_dir,
                               deadline)
-            try:
-                mr.run()
-            except Exception as exc:     # harness bug: report, keep going
-                import traceback
-                mr.record(f"{mod}.<harness>", "error",
-                          f"harness error: {exc!r}", traceback.format_exc(),
-                          extra=True)
-            mr.elapsed = time.monotonic() - mr.t_start
+            run_module(mr)
             with lock:
                 runners.append(mr)
                 if not o.quiet:

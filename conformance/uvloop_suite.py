@@ -365,21 +365,8 @@ def child_main(argv):
     hang_file = open(args.hang_file, "a") if args.hang_file else None
     result = UVResult(ids, args.start, routing.COUNTER, args.hang_after,
                       hang_file, to_run, args.module)
-    unittest.TestSuite(to_run).run(result)
-    for t in to_run:     # every planned test gets a record
-        tid = t.id()
-        if tid not in result.reported:
-            emit(ev="result", i=ids.index(tid), id=tid, status="error",
-                 summary="not run (no outcome reported by unittest)",
-                 dur=0.0, ferro_loops=0)
-    emit(ev="done")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if hang_file is not None:
-        hang_file.close()
-    print("===== uvloop suite: tests done, interpreter shutdown =====",
-          flush=True)
-    sys.exit(0)
+    child.run_and_finish(result, to_run, ids, lambda t: t.id(), hang_file,
+                         "uvloop suite")
 
 
 # --------------------------------------------------------------------------
@@ -490,42 +477,34 @@ def write_report(o, runners, wall, fetch_info):
         ["**total**", total["total"]] + [total[s] for s in STATUSES] +
         [total["ab"], total["ferro"], f"{wall:.0f}s"])) + " |")
 
-    bad = [r for r in records if r["status"] in BAD]
-    w(f"\n## Failures and errors ({len(bad)})\n")
-    if bad:
-        w("| test | status | reason |\n|---|---|---|")
-        for r in bad:
-            w(f"| `{r['id']}` | {r['status']} | {cell(one_line(r))} |")
-    else:
-        w("None.")
-    exc = [r for r in records if r["status"] == "excluded"]
-    w(f"\n## Excluded ({len(exc)})\n")
-    if exc:
-        w("| test | reason |\n|---|---|")
-        for r in exc:
-            w(f"| `{r['id']}` | {cell(r['summary'])} |")
-    else:
-        w("None.")
-    ab = [r for r in records if r.get("asyncio_branch")]
-    w(f"\n## Run with the test's asyncio branch ({len(ab)})\n")
-    if ab:
-        w("| test | result | why the uvloop branch is not used |\n"
-          "|---|---|---|")
-        for r in ab:
-            st = r["status"] + (f" ({cell(r['summary'][:80])})"
-                                if r["status"] == "skip" else "")
-            w(f"| `{r['id']}` | {st} | "
-              f"{cell(match(entries, r['id'], ASYNCIO_BRANCH))} |")
-    else:
-        w("None.")
-    skips = [r for r in records if r["status"] == "skip"]
-    w(f"\n## Skipped ({len(skips)})\n")
-    if skips:
-        w("| test | reason |\n|---|---|")
-        for r in skips:
-            w(f"| `{r['id']}` | {cell(r['summary'][:200])} |")
-    else:
-        w("None.")
+    def section(title, rows, header, cells):
+        """A "## title (n)" section: a table of `cells(r)` per row, or None."""
+        w(f"\n## {title} ({len(rows)})\n")
+        if not rows:
+            w("None.")
+            return
+        w("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+        for r in rows:
+            w("| " + " | ".join(cells(r)) + " |")
+
+    def branch_result(r):
+        extra = f" ({cell(r['summary'][:80])})" if r["status"] == "skip" else ""
+        return r["status"] + extra
+
+    section("Failures and errors", [r for r in records if r["status"] in BAD],
+            ("test", "status", "reason"),
+            lambda r: (f"`{r['id']}`", r["status"], cell(one_line(r))))
+    section("Excluded", [r for r in records if r["status"] == "excluded"],
+            ("test", "reason"),
+            lambda r: (f"`{r['id']}`", cell(r["summary"])))
+    section("Run with the test's asyncio branch",
+            [r for r in records if r.get("asyncio_branch")],
+            ("test", "result", "why the uvloop branch is not used"),
+            lambda r: (f"`{r['id']}`", branch_result(r),
+                       cell(match(entries, r["id"], ASYNCIO_BRANCH))))
+    section("Skipped", [r for r in records if r["status"] == "skip"],
+            ("test", "reason"),
+            lambda r: (f"`{r['id']}`", cell(r["summary"][:200])))
     notes = sorted({n for mr in runners for n in mr.notes})
     if notes:
         w("\n## Harness adaptations\n")
@@ -655,14 +634,7 @@ def main(argv=None):
                         return
                     mod = jobs.pop(0)
                 mr = UVModuleRunner(o, pass_cfg, mod, o.log_dir, deadline)
-                try:
-                    mr.run()
-                except Exception as exc:     # harness bug: report it
-                    import traceback
-                    mr.record(f"{mod}.<harness>", "error",
-                              f"harness error: {exc!r}",
-                              traceback.format_exc(), extra=True)
-                mr.elapsed = time.monotonic() - mr.t_start
+                base.run_module(mr)
                 with lock:
                     runners.append(mr)
                     if not o.quiet:

@@ -70,7 +70,6 @@ _spec = importlib.util.spec_from_file_location("_bench_run", BENCH / "run.py")
 assert _spec and _spec.loader
 _bench_run = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_bench_run)
-loop_available = _bench_run.loop_available
 machine = _bench_run.machine
 fmt_load = _bench_run.fmt_load
 
@@ -432,16 +431,7 @@ def main() -> int:
         cells = []
     groups = list(dict.fromkeys((s, t) for _, s, t in cells))  # (size, transport) in order
 
-    notes: list[str] = []
-    loops: list[str] = []
-    for loop in [x for x in args.loops.split(",") if x]:
-        if loop not in LOOPS:
-            ap.error(f"unknown loop {loop!r}")
-        why = loop_available(python, loop)
-        if why:
-            notes.append(f"{loop}: skipped ({why})")
-        else:
-            loops.append(loop)
+    loops, notes = _bench_run.select_loops(ap, python, args.loops, LOOPS)
     wrk = shutil.which("wrk")
     do_http = not args.no_http
     if do_http and not wrk:
