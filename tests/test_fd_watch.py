@@ -697,3 +697,33 @@ def test_many_fds_watched_at_once(loop):
         for a, b in pairs:
             a.close()
             b.close()
+
+
+def test_cancelled_reader_is_released_where_its_finalizer_may_use_the_loop(loop):
+    # A cancelled reader leaves the fd table when its fd fires (asyncio's
+    # _process_events); what it held is released then, and a finalizer
+    # running at that moment may call the loop.
+    seen = []
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    class FdObj:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def fileno(self):
+            return self.fd
+
+        def __del__(self):
+            loop.call_soon(seen.append, 'fileobj released')
+
+    try:
+        h = loop._add_reader(FdObj(a.fileno()), lambda: None)
+        h.cancel()
+        del h
+        b.send(b'x')
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert seen == ['fileobj released']
+    finally:
+        a.close()
+        b.close()

@@ -97,6 +97,9 @@ pub struct LoopCore<T, E, W> {
     pub io: IoTable<W>,
     reactor: Option<Reactor>,
     events: Vec<IoEvent>,
+    /// Watchers `collect` unwatched (dead when their fd fired), for the
+    /// driver to drop outside its own locks ([`LoopCore::take_unwatched`]).
+    unwatched: Vec<W>,
     injector: Arc<Injector<T>>,
     pub stopping: bool,
     resolution: f64,
@@ -112,6 +115,7 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
             io: IoTable::new(),
             reactor: Some(reactor),
             events: Vec::new(),
+            unwatched: Vec::new(),
             injector,
             stopping: false,
             resolution: clock::resolution(),
@@ -187,7 +191,8 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
     /// drops a cancelled reader or writer when its fd fires): those are
     /// unwatched, the others re-armed (the level-trigger bridge, see
     /// `crate::reactor`). `on_due` turns a due timer entry into a ready item
-    /// (`None` drops it).
+    /// (`None` drops it). Unwatched watchers wait in
+    /// [`LoopCore::take_unwatched`].
     pub fn collect(
         &mut self,
         mut on_io: impl FnMut(&Watcher<W>, bool, bool, &mut ReadyQueue<T>) -> DeadSides,
@@ -204,11 +209,12 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
                 };
                 let (fd, read, write) = (w.fd(), w.wants_read(), w.wants_write());
                 let dead = on_io(w, ev.readable, ev.writable, &mut self.ready);
-                if dead.reader {
-                    drop(self.remove_reader(fd));
-                }
-                if dead.writer {
-                    drop(self.remove_writer(fd));
+                for (is_dead, read) in [(dead.reader, true), (dead.writer, false)] {
+                    if is_dead {
+                        if let Ok(Some(w)) = self.set_watcher(fd, None, read) {
+                            self.unwatched.push(w);
+                        }
+                    }
                 }
                 if !(dead.reader || dead.writer) {
                     if let Some(r) = self.reactor.as_mut() {
@@ -278,6 +284,13 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
         self.reactor = None;
         self.injector.close();
         watched
+    }
+
+    /// The watchers the last `collect` unwatched. A driver whose watchers
+    /// run code when dropped (Python objects) drops them after releasing
+    /// its hold on the core.
+    pub fn take_unwatched(&mut self) -> Vec<W> {
+        std::mem::take(&mut self.unwatched)
     }
 
     /// Number of I/O sources registered with the reactor.

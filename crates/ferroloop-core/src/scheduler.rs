@@ -141,6 +141,7 @@ impl Scheduler {
             },
             |t| (!t.cancelled.get()).then_some(t.callback),
         );
+        drop(core.take_unwatched());
         for _ in 0..ntodo {
             let Some(cb) = self.core.ready.pop() else {
                 break;

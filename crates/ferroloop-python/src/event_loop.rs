@@ -49,15 +49,18 @@ impl Loop {
         };
         // Most iterations of a busy loop skip the poll: then planning and
         // collecting share one borrow.
-        let (plan, mut ntodo) = {
+        // Watchers dropped from the fd table (cancelled handles) are
+        // released after the borrow: dropping them may run Python code.
+        let (plan, mut ntodo, unwatched) = {
             let mut s = slf.get().st();
             if stop_check && s.core.stopping {
                 return Ok(true);
             }
             let plan = s.core.prepare(|e| purged.push(e));
             let ntodo = (plan == PollPlan::Skip).then(|| s.core.collect(on_io, on_due));
-            (plan, ntodo)
+            (plan, ntodo, s.core.take_unwatched())
         };
+        drop(unwatched);
         if !purged.is_empty() {
             for e in &purged {
                 handle::unpin(e.base.bind(py).as_any());
@@ -79,7 +82,12 @@ impl Loop {
             if polled.map_err(os_error)?.interrupted {
                 py.check_signals()?;
             }
-            ntodo = Some(slf.get().st().core.collect(on_io, on_due));
+            let unwatched = {
+                let mut s = slf.get().st();
+                ntodo = Some(s.core.collect(on_io, on_due));
+                s.core.take_unwatched()
+            };
+            drop(unwatched);
         }
         for _ in 0..ntodo.unwrap_or(0) {
             let (item, debug) = {
