@@ -30,12 +30,12 @@ import weakref
 from asyncio import base_events as _base_events
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
-from asyncio import selector_events as _selector_events
 from asyncio import unix_events as _unix_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._ferroloop import Future, Handle, Task, TimerHandle, __version__, _Loop, recv_bytes
+from ._ferroloop import Future, Handle, Task, TimerHandle, __version__, _Loop
+from ._transport import _SocketTransport
 
 __all__ = [
     "Loop",
@@ -282,36 +282,6 @@ def _adopt_asyncio_io(cls: type) -> list[str]:
 
 
 _ASYNCIO_IO_METHODS = _adopt_asyncio_io(Loop)
-
-
-class _SocketTransport(_selector_events._SelectorSocketTransport):  # type: ignore[misc,name-defined]
-    """asyncio's socket transport, reading through ferroloop's reusable
-    buffer (``recv_bytes``): one ``bytes`` of the exact size per read, not a
-    256 KiB allocation shrunk to fit (which costs an mmap/mremap/munmap per
-    read whenever glibc's mmap threshold has not grown). Everything else is
-    asyncio's; a ``BufferedProtocol`` reads into its own buffer as before."""
-
-    def _read_ready__data_received(self) -> None:
-        if self._conn_lost:
-            return
-        try:
-            data = recv_bytes(self._sock_fd, self.max_size)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on socket transport")
-            return
-        if not data:
-            self._read_ready__on_eof()
-            return
-        try:
-            self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
 
 class _SelectorView:

@@ -38,10 +38,11 @@ pub mod reactor;
 pub mod ready;
 pub mod scheduler;
 pub mod timer;
+pub mod write_queue;
 
 pub use clock::{monotonic, resolution};
 pub use injector::Injector;
-pub use loop_core::{DeadSides, LoopCore, PollPlan, Poller};
+pub use loop_core::{IoOutcome, LoopCore, PollPlan, Poller};
 pub use reactor::Reactor;
 pub use ready::ReadyQueue;
 pub use scheduler::Scheduler;

@@ -56,11 +56,28 @@ pub fn poll_timeout(
     })
 }
 
-/// Which watchers of an fd [`LoopCore::collect`] should drop.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct DeadSides {
-    pub reader: bool,
-    pub writer: bool,
+/// What a driver's `on_io` decided about one ready fd
+/// ([`LoopCore::collect`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoOutcome {
+    /// The reader is dead (a cancelled handle): unwatch that side.
+    pub reader_dead: bool,
+    /// The writer is dead: unwatch that side.
+    pub writer_dead: bool,
+    /// Re-arm the fd (level-triggered delivery, see `crate::reactor`).
+    /// False when every watcher that fired is edge-aware: it reads or
+    /// writes until `WouldBlock`, or re-queues itself when it stopped
+    /// before, and saves the `EPOLL_CTL_MOD` of a re-arm.
+    pub rearm: bool,
+}
+
+impl IoOutcome {
+    /// Level-triggered delivery, nothing dead.
+    pub const LEVEL: IoOutcome = IoOutcome {
+        reader_dead: false,
+        writer_dead: false,
+        rearm: true,
+    };
 }
 
 /// What [`LoopCore::prepare`] decided about this iteration's poll.
@@ -186,16 +203,16 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
     /// Phase 3: injected items, I/O readiness, then due timers; returns the
     /// number of items this iteration runs.
     ///
-    /// For each ready fd, `on_io(watcher, readable, writable, ready)` queues
-    /// what should run and returns the sides whose watcher is dead (asyncio
-    /// drops a cancelled reader or writer when its fd fires): those are
-    /// unwatched, the others re-armed (the level-trigger bridge, see
-    /// `crate::reactor`). `on_due` turns a due timer entry into a ready item
+    /// For each ready fd, `on_io(watcher, event, ready)` queues
+    /// what should run and returns an [`IoOutcome`]: the sides whose watcher
+    /// is dead (asyncio drops a cancelled reader or writer when its fd
+    /// fires) are unwatched; otherwise the fd is re-armed (the level-trigger
+    /// bridge, see `crate::reactor`) unless its watchers are edge-aware. `on_due` turns a due timer entry into a ready item
     /// (`None` drops it). Unwatched watchers wait in
     /// [`LoopCore::take_unwatched`].
     pub fn collect(
         &mut self,
-        mut on_io: impl FnMut(&Watcher<W>, bool, bool, &mut ReadyQueue<T>) -> DeadSides,
+        mut on_io: impl FnMut(&Watcher<W>, &IoEvent, &mut ReadyQueue<T>) -> IoOutcome,
         mut on_due: impl FnMut(E) -> Option<T>,
     ) -> usize {
         for item in self.injector.drain_if_notified() {
@@ -208,15 +225,15 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
                     continue;
                 };
                 let (fd, read, write) = (w.fd(), w.wants_read(), w.wants_write());
-                let dead = on_io(w, ev.readable, ev.writable, &mut self.ready);
-                for (is_dead, read) in [(dead.reader, true), (dead.writer, false)] {
+                let out = on_io(w, &ev, &mut self.ready);
+                for (is_dead, read) in [(out.reader_dead, true), (out.writer_dead, false)] {
                     if is_dead {
                         if let Ok(Some(w)) = self.set_watcher(fd, None, read) {
                             self.unwatched.push(w);
                         }
                     }
                 }
-                if !(dead.reader || dead.writer) {
+                if out.rearm && !(out.reader_dead || out.writer_dead) {
                     if let Some(r) = self.reactor.as_mut() {
                         // A failure here means the fd was closed under its
                         // watcher: nothing more can be reported for it.

@@ -26,7 +26,19 @@
 //!   kernel re-checks readiness on every `MOD` and queues a new event if the
 //!   fd is still ready, so the next poll reports it again: level-triggered
 //!   delivery, one event per ready fd per iteration (asyncio's fairness);
-//! - an fd that became not-ready stays silent until its next edge.
+//! - an fd that became not-ready stays silent until its next edge;
+//! - the exception, chosen by the driver per event
+//!   ([`crate::loop_core::IoOutcome::rearm`]): an *edge-aware* watcher (the
+//!   binding's stream transports) is not re-armed, saving a syscall per
+//!   event. It must then never stop while the fd may still be ready without
+//!   arranging its own next turn: it writes until `WouldBlock` (or until
+//!   its queue is empty), and after a read that filled its whole buffer it
+//!   queues another read for the next iteration (one read per ready fd per
+//!   iteration still). An event saying the peer closed or the fd failed
+//!   ([`IoEvent::closed`]) is re-armed all the same: data and the FIN
+//!   that arrive together make one edge, and after the data is read the
+//!   pending EOF would otherwise never be reported. Any change of interest (`register`/`reregister`)
+//!   re-checks readiness, so pausing and resuming lose no event.
 //!
 //! Facts about epoll this relies on: readiness belongs to the open file
 //! description, not the fd number, so a `dup` of a watched fd keeps the
@@ -53,6 +65,10 @@ pub struct IoEvent {
     pub token: usize,
     pub readable: bool,
     pub writable: bool,
+    /// The peer closed its side or the fd has an error: the fd stays
+    /// readable (EOF, the error) after any data is read, and no new edge
+    /// will say so. An edge-aware watcher re-arms on such an event.
+    pub closed: bool,
 }
 
 /// What one poll observed.
@@ -158,6 +174,7 @@ impl Reactor {
                 token: ev.token().0,
                 readable: ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                 writable: ev.is_writable() || ev.is_write_closed() || ev.is_error(),
+                closed: ev.is_read_closed() || ev.is_error(),
             });
         }
         Ok(polled)

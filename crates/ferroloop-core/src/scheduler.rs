@@ -9,7 +9,7 @@ use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::loop_core::{DeadSides, LoopCore, PollPlan};
+use crate::loop_core::{IoOutcome, LoopCore, PollPlan};
 use crate::{clock, Cancellable, Injector};
 
 pub use crate::loop_core::poll_timeout;
@@ -130,14 +130,14 @@ impl Scheduler {
             core.put_poller(poller)?;
         }
         let ntodo = core.collect(
-            |w, readable, writable, ready| {
-                for (ok, cb) in [(readable, &w.reader), (writable, &w.writer)] {
+            |w, ev, ready| {
+                for (ok, cb) in [(ev.readable, &w.reader), (ev.writable, &w.writer)] {
                     if let (true, Some(cb)) = (ok, cb) {
                         let cb = Arc::clone(cb);
                         ready.push(Box::new(move |s: &mut Scheduler| cb(s)));
                     }
                 }
-                DeadSides::default()
+                IoOutcome::LEVEL
             },
             |t| (!t.cancelled.get()).then_some(t.callback),
         );

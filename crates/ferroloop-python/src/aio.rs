@@ -45,6 +45,8 @@ pub struct Imports {
     pub format_callback_source: Py<PyAny>,
     pub isgenerator: Py<PyAny>,
     pub generic_alias: Py<PyAny>,
+    pub logger: Py<PyAny>,
+    pub buffered_protocol: Py<PyAny>,
 }
 
 static IMPORTS: PyOnceLock<Imports> = PyOnceLock::new();
@@ -83,6 +85,8 @@ pub fn imports(py: Python<'_>) -> PyResult<&'static Imports> {
             format_callback_source: attr(py, "asyncio.format_helpers", "_format_callback_source")?,
             isgenerator: attr(py, "inspect", "isgenerator")?,
             generic_alias: attr(py, "types", "GenericAlias")?,
+            logger: attr(py, "asyncio.log", "logger")?,
+            buffered_protocol: attr(py, "asyncio.protocols", "BufferedProtocol")?,
         })
     })
 }

@@ -28,6 +28,7 @@ use crate::errors::{is_exit_exception, os_error};
 use crate::future::{self, task_context, Future};
 use crate::handle::{self, report_callback_error, Handle, TimerEntry, TimerHandle};
 use crate::io::fd_watch::{self, FdKey};
+use crate::io::stream;
 use crate::loop_state::{Loop, LoopState, Ready};
 
 impl Loop {
@@ -44,9 +45,7 @@ impl Loop {
         let py = slf.py();
         let mut purged: Vec<TimerEntry> = Vec::new();
         let on_due = |e: TimerEntry| Some(Ready::Handle(e.base));
-        let on_io = |w: &_, readable, writable, ready: &mut _| {
-            fd_watch::on_ready(py, w, readable, writable, ready)
-        };
+        let on_io = |w: &_, ev: &_, ready: &mut _| fd_watch::on_ready(py, w, ev, ready);
         // Most iterations of a busy loop skip the poll: then planning and
         // collecting share one borrow.
         // Watchers dropped from the fd table (cancelled handles) are
@@ -161,6 +160,24 @@ impl Loop {
                 });
                 future::unpin_task(t);
                 r
+            }
+            Ready::Stream { stream, write } => {
+                if debug {
+                    let h = future::item_to_handle(slf, Ready::Stream { stream, write })?;
+                    let h = h.into_bound(py);
+                    return Loop::run_handle_debug(slf, &h);
+                }
+                let stream = stream.into_bound(py);
+                match stream::run_ready(&stream, write) {
+                    Ok(()) => Ok(()),
+                    Err(e) if is_exit_exception(py, &e) => Err(e),
+                    Err(e) => {
+                        let name = if write { "_write_ready" } else { "_read_ready" };
+                        let cb = stream.getattr(name)?;
+                        let args = PyTuple::empty(py);
+                        report_callback_error(py, lp, &cb, args.as_any(), e, None, None)
+                    }
+                }
             }
             Ready::Wakeup { task, fut } => {
                 // SAFETY: Wakeup items hold a native task (`crate::loop_state`).
@@ -611,7 +628,7 @@ impl Loop {
                     // SAFETY: Step items hold a native task (`crate::loop_state`).
                     future::unpin_task(unsafe { task.bind(py).cast_unchecked::<Future>() })
                 }
-                Ready::FutCallback { .. } | Ready::Wakeup { .. } => {}
+                Ready::FutCallback { .. } | Ready::Wakeup { .. } | Ready::Stream { .. } => {}
             }
         }
         for e in &timers {

@@ -16,7 +16,7 @@
 //! 2. `handle`: `Handle`, `TimerHandle`;
 //! 3. `loop_state`: the `_Loop` struct and its ready-queue items;
 //! 4. `future`: `Future`, `Task`, the task step;
-//! 5. `io`: fd watches (and, next, transports, servers, socket operations);
+//! 5. `io`: fd watches, the read buffer, stream transports;
 //! 6. `event_loop` (`_Loop`'s methods and driver), `fastcall`.
 
 #![allow(non_snake_case)] // asyncio's private names (`_Task__step`, `get__name` getters)
@@ -53,7 +53,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     fastcall::install(m.py())?;
     future::iter::install_am_send(m.py());
     future::init_statics(m.py())?;
-    m.add_function(wrap_pyfunction!(io::read_buf::recv_bytes, m)?)?;
+    m.add_class::<io::stream::StreamCore>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -49,14 +49,44 @@ pub enum Ready {
     /// `task.__wakeup(fut)` in the task's context. `task` is a native task
     /// (see the module docs).
     Wakeup { task: Py<PyAny>, fut: Py<PyAny> },
+    /// A stream transport's fd is ready: `stream` (a `crate::io::stream`
+    /// transport, held as `Py<PyAny>`: that module sits above this one)
+    /// reads (`write == false`) or flushes its write queue.
+    Stream { stream: Py<PyAny>, write: bool },
 }
 
-/// One side (reader or writer) of a watched fd: what `_add_reader` returned
-/// and the object it was given (an int or anything with `fileno()`; a
-/// closed socket is still found by identity, as a selector finds it).
-pub struct FdWatch {
-    pub handle: Py<Handle>,
-    pub fileobj: Py<PyAny>,
+/// One side (reader or writer) of a watched fd.
+pub enum FdWatch {
+    /// What `_add_reader`/`_add_writer` returned and the object it was
+    /// given (an int or anything with `fileno()`; a closed socket is still
+    /// found by identity, as a selector finds it).
+    Callback {
+        handle: Py<Handle>,
+        fileobj: Py<PyAny>,
+    },
+    /// A native stream transport (`crate::io::stream`) owning the fd, and
+    /// its socket object. Edge-aware: see `ferroloop_core::reactor`.
+    Stream {
+        stream: Py<PyAny>,
+        fileobj: Py<PyAny>,
+    },
+}
+
+impl FdWatch {
+    /// The object the fd was watched with.
+    pub fn fileobj(&self) -> &Py<PyAny> {
+        match self {
+            FdWatch::Callback { fileobj, .. } | FdWatch::Stream { fileobj, .. } => fileobj,
+        }
+    }
+
+    /// The handle of an `add_reader`/`add_writer` watch.
+    pub fn handle(&self) -> Option<&Py<Handle>> {
+        match self {
+            FdWatch::Callback { handle, .. } => Some(handle),
+            FdWatch::Stream { .. } => None,
+        }
+    }
 }
 
 /// `_Loop`: a frozen pyclass whose mutable state is a [`LoopState`] behind

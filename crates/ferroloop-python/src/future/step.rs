@@ -487,6 +487,12 @@ pub(crate) fn item_to_handle(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<Py<
                 ctx,
             )
         }
+        Ready::Stream { stream, write } => {
+            let name = if write { "_write_ready" } else { "_read_ready" };
+            let cb = stream.bind(py).getattr(name)?.unbind();
+            let ctx = Adopted::adopt_new_context(crate::aio::copy_context(py)?);
+            (cb, PyTuple::empty(py).unbind(), ctx)
+        }
     };
     Py::new(py, Handle::new(cb, args, lp, ctx, tb))
 }

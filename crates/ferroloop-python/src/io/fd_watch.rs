@@ -17,7 +17,8 @@
 use std::os::fd::RawFd;
 
 use ferroloop_core::io_table::Watcher;
-use ferroloop_core::{DeadSides, ReadyQueue};
+use ferroloop_core::reactor::IoEvent;
+use ferroloop_core::{IoOutcome, ReadyQueue};
 use pyo3::exceptions::{PyAttributeError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -29,30 +30,41 @@ use crate::loop_state::{FdWatch, Loop, Ready};
 
 /// Queues the handles of a ready fd (the core's `on_io`, see
 /// `ferroloop_core::LoopCore::collect`); reports the sides whose handle
-/// was cancelled, for the core to unwatch.
+/// was cancelled, for the core to unwatch. An fd whose fired sides are all
+/// stream transports is not re-armed (they are edge-aware), unless the
+/// event says the peer closed (see `ferroloop_core::reactor`).
 pub(crate) fn on_ready(
     py: Python<'_>,
     w: &Watcher<FdWatch>,
-    readable: bool,
-    writable: bool,
+    ev: &IoEvent,
     ready: &mut ReadyQueue<Ready>,
-) -> DeadSides {
-    let mut dead = DeadSides::default();
-    for (fired, side, is_dead) in [
-        (readable, &w.reader, &mut dead.reader),
-        (writable, &w.writer, &mut dead.writer),
+) -> IoOutcome {
+    let mut out = IoOutcome {
+        rearm: ev.closed,
+        ..IoOutcome::LEVEL
+    };
+    for (fired, side, is_dead, write) in [
+        (ev.readable, &w.reader, &mut out.reader_dead, false),
+        (ev.writable, &w.writer, &mut out.writer_dead, true),
     ] {
-        let (true, Some(FdWatch { handle: h, .. })) = (fired, side) else {
-            continue;
-        };
-        if h.get().is_cancelled() {
-            *is_dead = true;
-        } else {
-            handle::pin(h.bind(py).as_any());
-            ready.push(Ready::Handle(h.clone_ref(py)));
+        match (fired, side) {
+            (true, Some(FdWatch::Callback { handle: h, .. })) => {
+                out.rearm = true;
+                if h.get().is_cancelled() {
+                    *is_dead = true;
+                } else {
+                    handle::pin(h.bind(py).as_any());
+                    ready.push(Ready::Handle(h.clone_ref(py)));
+                }
+            }
+            (true, Some(FdWatch::Stream { stream, .. })) => ready.push(Ready::Stream {
+                stream: stream.clone_ref(py),
+                write,
+            }),
+            _ => {}
         }
     }
-    dead
+    out
 }
 
 /// `(fileobj, fd, events, reader, writer)`: see `_Loop._fd_key`.
@@ -122,7 +134,7 @@ impl Loop {
         )?;
         let replaced = {
             let mut s = slf.get().st();
-            let watch = FdWatch {
+            let watch = FdWatch::Callback {
                 handle: h.clone_ref(py),
                 fileobj: fileobj.clone().unbind(),
             };
@@ -133,7 +145,7 @@ impl Loop {
             }
         }
         .map_err(os_error)?;
-        if let Some(FdWatch { handle: old, .. }) = replaced {
+        if let Some(FdWatch::Callback { handle: old, .. }) = replaced {
             old.get().do_cancel(py, old.bind(py).as_any())?;
         }
         Ok(h)
@@ -159,10 +171,11 @@ impl Loop {
         }
         .map_err(os_error)?;
         match removed {
-            Some(FdWatch { handle: h, .. }) => {
+            Some(FdWatch::Callback { handle: h, .. }) => {
                 h.get().do_cancel(py, h.bind(py).as_any())?;
                 Ok(true)
             }
+            Some(FdWatch::Stream { .. }) => Ok(true),
             None => Ok(false),
         }
     }
@@ -180,7 +193,7 @@ impl Loop {
                     [&w.reader, &w.writer]
                         .into_iter()
                         .flatten()
-                        .any(|x| x.fileobj.bind(slf.py()).is(fileobj))
+                        .any(|x| x.fileobj().bind(slf.py()).is(fileobj))
                 })
                 .map(|w| w.fd());
             found.ok_or(e)
@@ -204,9 +217,10 @@ impl Loop {
                 .as_ref()
                 .or(w.writer.as_ref())
                 .expect("a watched fd has a side");
-            let handle = |x: &Option<FdWatch>| x.as_ref().map(|x| x.handle.clone_ref(py));
+            let handle =
+                |x: &Option<FdWatch>| x.as_ref().and_then(|x| x.handle()).map(|h| h.clone_ref(py));
             (
-                first.fileobj.clone_ref(py),
+                first.fileobj().clone_ref(py),
                 fd,
                 u8::from(w.wants_read()) | (u8::from(w.wants_write()) << 1),
                 handle(&w.reader),

@@ -2,6 +2,8 @@
 //! the loop state and handles.
 //! - [`fd_watch`]: `add_reader`/`add_writer` handles on the core's fd table.
 //! - [`read_buf`]: socket reads into one reusable buffer.
+//! - [`stream`]: native stream transports (TCP and Unix sockets).
 
 pub(crate) mod fd_watch;
 pub(crate) mod read_buf;
+pub(crate) mod stream;

@@ -16,32 +16,25 @@
 //!   while it is in use (`crate::gil::GilCell`): the read and the copy into
 //!   the new `bytes` run no Python code.
 
+use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, RawFd};
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::errors::os_error;
 use crate::gil::GilCell;
 
 static READ_BUF: GilCell<Vec<MaybeUninit<u8>>> = GilCell::new(Vec::new());
 
-/// `sock.recv(max_size)` on the socket `fd`, through the reusable buffer:
-/// the bytes received (empty at end of stream), or the `OSError` subclass
-/// of the failure (`BlockingIOError` when nothing is ready).
-#[pyfunction]
+/// `sock.recv(max_size)` on the open socket `fd`, through the reusable
+/// buffer: the bytes received (empty at end of stream), or the OS error
+/// (`WouldBlock` when nothing is ready).
 pub(crate) fn recv_bytes(
     py: Python<'_>,
     fd: RawFd,
     max_size: usize,
-) -> PyResult<Bound<'_, PyBytes>> {
-    if fd < 0 {
-        return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
-        )));
-    }
+) -> io::Result<Bound<'_, PyBytes>> {
     // SAFETY: the GIL is held (we have `py`) and the closure runs no Python
     // code; `fd` stays open for the call (the caller owns the socket).
     unsafe {
@@ -51,7 +44,7 @@ pub(crate) fn recv_bytes(
             }
             let borrowed = BorrowedFd::borrow_raw(fd);
             let sock = socket2::SockRef::from(&borrowed);
-            let n = sock.recv(&mut buf[..max_size]).map_err(os_error)?;
+            let n = sock.recv(&mut buf[..max_size])?;
             // recv initialized the first n bytes.
             let got = std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n);
             Ok(PyBytes::new(py, got))
