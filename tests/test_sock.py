@@ -513,3 +513,102 @@ def test_blocking_socket_rejected_in_debug_mode(loop, run, method, tmp_path):
     finally:
         sock.close()
         f.close()
+
+
+# ---------------------------------------------------------------------------
+# what a socket's registration kept between operations must not change
+# (ferroloop keeps it, edge-triggered; asyncio adds and removes a reader)
+# ---------------------------------------------------------------------------
+
+def test_sock_recv_after_the_fd_number_is_reused(loop, run):
+    async def main():
+        with socketpair() as (a, b):
+            fd = a.fileno()
+            task = asyncio.ensure_future(loop.sock_recv(a, 10))
+            await asyncio.sleep(0.01)
+            b.send(b'one')
+            assert await wait(task) == b'one'
+        # `a` is closed: its number comes back with the next socket.
+        with socketpair() as (c, d):
+            if fd not in (c.fileno(), d.fileno()):
+                pytest.skip('the fd number was not reused')
+            mine, peer = (c, d) if c.fileno() == fd else (d, c)
+            task = asyncio.ensure_future(loop.sock_recv(mine, 10))
+            await asyncio.sleep(0.01)
+            peer.send(b'two')
+            assert await wait(task) == b'two'
+            # add_reader on the reused number works too
+            got = loop.create_future()
+            loop.add_reader(mine, lambda: got.done() or got.set_result(mine.recv(10)))
+            peer.send(b'three')
+            assert await wait(got) == b'three'
+            assert loop.remove_reader(mine) is True
+    run(main())
+
+
+def test_remove_reader_after_sock_recv_finds_nothing(loop, run):
+    async def main():
+        with socketpair() as (a, b):
+            task = asyncio.ensure_future(loop.sock_recv(a, 10))
+            await asyncio.sleep(0.01)
+            b.send(b'x')
+            assert await wait(task) == b'x'
+            assert loop.remove_reader(a) is False
+            assert loop.remove_writer(a) is False
+    run(main())
+
+
+def test_sock_recv_in_small_pieces_then_eof(loop, run):
+    # Data and the FIN arrive before the reads: every piece, then b''.
+    async def main():
+        with tcp_pair() as (a, b):
+            task = asyncio.ensure_future(loop.sock_recv(a, 3))
+            await asyncio.sleep(0.01)
+            b.sendall(b'0123456789')
+            b.shutdown(socket.SHUT_WR)
+            got = [await wait(task)]
+            while got[-1]:
+                got.append(await wait(loop.sock_recv(a, 3)))
+            assert b''.join(got) == b'0123456789'
+            assert got[-1] == b''
+    run(main())
+
+
+def test_sock_recv_datagrams_queued_together(loop, run, udp_pair):
+    a, b = udp_pair
+    async def main():
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.01)
+        for i in range(5):
+            b.sendto(b'd%d' % i, a.getsockname())
+        got = [await wait(task)]
+        for _ in range(4):
+            got.append(await wait(loop.sock_recv(a, 100)))
+        assert got == [b'd%d' % i for i in range(5)]
+    run(main())
+
+
+def test_sock_recv_zero_and_negative_sizes(loop, run):
+    async def main():
+        with socketpair() as (a, b):
+            assert await wait(loop.sock_recv(a, 0)) == b''
+            with pytest.raises(ValueError, match='negative buffersize in recv'):
+                await wait(loop.sock_recv(a, -1))
+    run(main())
+
+
+def test_pending_sock_sendall_keeps_a_bytearray_from_resizing(loop, run):
+    # asyncio holds a memoryview of the data while the send waits.
+    async def main():
+        with socketpair() as (a, b):
+            data = bytearray(payload(8 << 20))
+            task = asyncio.ensure_future(loop.sock_sendall(a, data))
+            await asyncio.sleep(0.01)
+            assert not task.done()
+            with pytest.raises(BufferError):
+                data.extend(b'x')
+            got = await read_all(loop, b, len(data))
+            await wait(task)
+            assert sha256(got) == sha256(bytes(data))
+            data.extend(b'x')  # released once the send is done
+    run(main())

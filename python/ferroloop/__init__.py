@@ -34,7 +34,17 @@ from asyncio import unix_events as _unix_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from ._ferroloop import Future, Handle, Task, TimerHandle, __version__, _Loop
+from ._ferroloop import (
+    Future,
+    Handle,
+    Task,
+    TimerHandle,
+    __version__,
+    _Loop,
+    _sock_recv,
+    _sock_recv_into,
+    _sock_sendall,
+)
 from ._transport import _SocketTransport
 
 __all__ = [
@@ -171,6 +181,32 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
     ) -> _SocketTransport:
         self._ensure_fd_no_transport(sock)
         return _SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    # -- sock_* (native: ferroloop-python's io/sock_ops.rs) ---------------------
+    # asyncio's coroutines, their checks first (at await time, as asyncio's);
+    # the native part returns the result when the socket is ready now, else
+    # a future.
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        r = _sock_recv(self, sock, n)
+        return r if r.__class__ is bytes else await r  # type: ignore[no-any-return]
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        r = _sock_recv_into(self, sock, buf)
+        return r if r.__class__ is int else await r  # type: ignore[no-any-return]
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        r = _sock_sendall(self, sock, data)
+        if r is not None:
+            await r
 
     # -- signals -----------------------------------------------------------------
     def add_signal_handler(self, sig: int, callback: Callable[..., object], *args: Any) -> None:

@@ -21,6 +21,10 @@ __all__ = [
     "task_wakeup",
     "__version__",
     "_StreamCore",
+    "_SockWatch",
+    "_sock_recv",
+    "_sock_recv_into",
+    "_sock_sendall",
 ]
 
 @disjoint_base
@@ -268,3 +272,11 @@ class _StreamCore:
     def _conn_lost(self) -> int: ...
     @property
     def _protocol_paused(self) -> bool: ...
+
+@final
+class _SockWatch:
+    def _retry(self, lp: _Loop, write: bool) -> None: ...
+
+def _sock_recv(lp: _Loop, sock: Any, n: int) -> Any: ...
+def _sock_recv_into(lp: _Loop, sock: Any, buf: Any) -> Any: ...
+def _sock_sendall(lp: _Loop, sock: Any, data: Any) -> Any: ...

@@ -130,6 +130,10 @@ impl Reactor {
     /// Changes what `fd` is watched for. With the same interest, it re-arms
     /// the edge-triggered registration: a still-ready fd is reported again
     /// by the next poll (the level-trigger bridge above).
+    ///
+    /// If the OS forgot `fd` (`ENOENT`: its file was closed, which removes
+    /// it from the epoll set, and the number now names another file), `fd`
+    /// is registered again: the caller still counts it as registered.
     pub fn reregister(
         &mut self,
         fd: RawFd,
@@ -138,9 +142,13 @@ impl Reactor {
         writable: bool,
     ) -> io::Result<()> {
         let interest = interest(readable, writable)?;
-        self.poll
-            .registry()
-            .reregister(&mut SourceFd(&fd), Token(token), interest)
+        let registry = self.poll.registry();
+        match registry.reregister(&mut SourceFd(&fd), Token(token), interest) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                registry.register(&mut SourceFd(&fd), Token(token), interest)
+            }
+            r => r,
+        }
     }
 
     /// Stops watching `fd`. The count goes down whatever the OS says: an
@@ -254,6 +262,29 @@ mod tests {
             Some(libc::EBADF | libc::ENOENT)
         ));
         assert_eq!(r.source_count(), 0);
+    }
+
+    #[test]
+    fn reregister_of_a_forgotten_fd_registers_it_again() {
+        let mut r = Reactor::new().unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        r.register(fd, 4, true, false).unwrap();
+        drop(a); // the epoll set forgets the file
+        let (c, mut d) = UnixStream::pair().unwrap();
+        // The lowest free number is the one `a` had, unless a test running
+        // in parallel took it meanwhile (then there is nothing to check).
+        if c.as_raw_fd() != fd {
+            return;
+        }
+        c.set_nonblocking(true).unwrap();
+        r.reregister(fd, 4, true, false).unwrap();
+        assert_eq!(r.source_count(), 1);
+        d.write_all(b"x").unwrap();
+        let mut seen = vec![];
+        r.poll(Some(Duration::from_secs(1)), |e| seen.push(e.token))
+            .unwrap();
+        assert_eq!(seen, vec![4]);
     }
 
     #[test]

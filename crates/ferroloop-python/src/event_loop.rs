@@ -28,7 +28,7 @@ use crate::errors::{is_exit_exception, os_error};
 use crate::future::{self, task_context, Future};
 use crate::handle::{self, report_callback_error, Handle, TimerEntry, TimerHandle};
 use crate::io::fd_watch::{self, FdKey};
-use crate::io::stream;
+use crate::io::{sock_ops, stream};
 use crate::loop_state::{Loop, LoopState, Ready};
 
 impl Loop {
@@ -175,6 +175,25 @@ impl Loop {
                         let name = if write { "_write_ready" } else { "_read_ready" };
                         let cb = stream.getattr(name)?;
                         let args = PyTuple::empty(py);
+                        report_callback_error(py, lp, &cb, args.as_any(), e, None, None)
+                    }
+                }
+            }
+            Ready::Sock { watch, write } => {
+                if debug {
+                    let h = future::item_to_handle(slf, Ready::Sock { watch, write })?;
+                    return Loop::run_handle_debug(slf, &h.into_bound(py));
+                }
+                let watch = watch.into_bound(py);
+                match sock_ops::run_ready(&watch, slf, write) {
+                    Ok(()) => Ok(()),
+                    Err(e) if is_exit_exception(py, &e) => Err(e),
+                    Err(e) => {
+                        let cb = watch.getattr("_retry")?;
+                        let args = PyTuple::new(
+                            py,
+                            [lp.clone(), write.into_pyobject(py)?.to_owned().into_any()],
+                        )?;
                         report_callback_error(py, lp, &cb, args.as_any(), e, None, None)
                     }
                 }
@@ -628,7 +647,10 @@ impl Loop {
                     // SAFETY: Step items hold a native task (`crate::loop_state`).
                     future::unpin_task(unsafe { task.bind(py).cast_unchecked::<Future>() })
                 }
-                Ready::FutCallback { .. } | Ready::Wakeup { .. } | Ready::Stream { .. } => {}
+                Ready::FutCallback { .. }
+                | Ready::Wakeup { .. }
+                | Ready::Stream { .. }
+                | Ready::Sock { .. } => {}
             }
         }
         for e in &timers {

@@ -1,14 +1,17 @@
-//! Hand-written vectorcall entry points for the hottest loop methods.
+//! Hand-written vectorcall entry points for the hottest methods.
 //!
 //! PyO3 parses `(callback, *args, context=None)` generically: it matches
 //! keyword names, collects `*args` and sets up its trampoline, about a
 //! quarter of what `loop.call_soon(cb, arg)` costs in all. `call_soon` is
 //! called for every callback a program schedules, so it gets a
 //! `METH_FASTCALL | METH_KEYWORDS` method of its own, installed over PyO3's
-//! at module init; the work itself stays in [`Loop::call_soon`].
+//! at module init; the work itself stays in [`Loop::call_soon`]. Likewise
+//! a stream transport's `write(data)`, called for every message a protocol
+//! sends (the work stays in [`StreamCore::write_data`]).
 //!
 //! ## Invariants
-//! - The method descriptor checks that `self` is a `_Loop` before calling.
+//! - The method descriptor checks that `self` is of the method's class
+//!   (`_Loop`, `_StreamCore`) before calling.
 //! - A Rust panic is caught and raised as `pyo3_runtime.PanicException`,
 //!   as PyO3's trampolines do; nothing unwinds into CPython.
 //! - The functions run with the GIL held (CPython calls them) but outside
@@ -26,6 +29,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
+use crate::io::stream::StreamCore;
 use crate::loop_state::Loop;
 
 /// A `PyMethodDef` in a static (CPython keeps the pointer).
@@ -47,20 +51,105 @@ static CALL_SOON: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_doc: CALL_SOON_DOC.as_ptr(),
 });
 
-/// Puts the raw `call_soon` on `_Loop`, replacing PyO3's wrapper.
+const WRITE_DOC: &CStr = c"write($self, data)\n--\n\n\
+Write the bytes-like `data` to the transport: sent at once when possible, \
+the rest queued.";
+
+static STREAM_WRITE: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"write".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: stream_write,
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: WRITE_DOC.as_ptr(),
+});
+
+/// Puts the raw methods on their classes, replacing PyO3's wrappers.
 pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
-    let tp = Loop::type_object(py);
-    // SAFETY: `tp` is our live heap type and CALL_SOON a static definition;
+    put_method(&Loop::type_object(py), "call_soon", &CALL_SOON)?;
+    put_method(&StreamCore::type_object(py), "write", &STREAM_WRITE)
+}
+
+fn put_method(
+    tp: &Bound<'_, pyo3::types::PyType>,
+    name: &str,
+    def: &'static MethodDef,
+) -> PyResult<()> {
+    let py = tp.py();
+    // SAFETY: `tp` is our live heap type and `def` a static definition;
     // PyDescr_NewMethod returns a new reference or NULL with an error.
     let descr = unsafe {
         Bound::from_owned_ptr_or_err(
             py,
             // CPython only reads the definition (the C API just lacks `const`).
-            ffi::PyDescr_NewMethod(tp.as_type_ptr(), (&raw const CALL_SOON.0).cast_mut()),
+            ffi::PyDescr_NewMethod(tp.as_type_ptr(), (&raw const def.0).cast_mut()),
         )?
     };
     // type.__setattr__ updates the type's dict and invalidates its caches.
-    tp.setattr("call_soon", descr)
+    tp.setattr(name, descr)
+}
+
+/// Runs a raw method's body as PyO3's trampolines do: a panic becomes a
+/// `PanicException`, an error is set and NULL returned.
+fn finish(
+    py: Python<'_>,
+    body: impl FnOnce() -> PyResult<*mut ffi::PyObject>,
+) -> *mut ffi::PyObject {
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+    match r.unwrap_or_else(|payload| Err(panic_error(payload))) {
+        Ok(obj) => obj,
+        Err(e) => {
+            e.restore(py);
+            std::ptr::null_mut()
+        }
+    }
+}
+
+/// `_StreamCore.write(data)`; `data` may also come by keyword, as
+/// asyncio's Python method allows.
+///
+/// # Safety
+/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of
+/// `_StreamCore` (the vectorcall contract, as for [`call_soon`]).
+unsafe extern "C" fn stream_write(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this method with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    finish(py, || {
+        // SAFETY: a pure computation on the vectorcall `nargsf`.
+        let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+        let nkw = if kwnames.is_null() {
+            0
+        } else {
+            // SAFETY: a non-NULL `kwnames` is a live tuple (contract).
+            unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
+        };
+        let keyword_ok = nkw == 1 && nargs == 0 && {
+            // SAFETY: a live tuple of one str (contract).
+            let name = unsafe { Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, 0)) };
+            name.cast_into::<PyString>()
+                .is_ok_and(|n| n.to_str().is_ok_and(|n| n == "data"))
+        };
+        if !((nargs == 1 && nkw == 0) || keyword_ok) {
+            return Err(PyTypeError::new_err(format!(
+                "write() takes exactly one argument 'data' ({} given)",
+                nargs + nkw
+            )));
+        }
+        // SAFETY: exactly one live argument (checked above, contract).
+        let data = unsafe { Bound::from_borrowed_ptr(py, *args) };
+        // SAFETY: `slf` is live (contract).
+        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+        // SAFETY: the method descriptor checked that `slf` is a `_StreamCore`.
+        let slf = unsafe { slf.cast_into_unchecked::<StreamCore>() };
+        StreamCore::write_data(&slf, &data)?;
+        // SAFETY: a new reference to None.
+        Ok(unsafe { ffi::Py_NewRef(ffi::Py_None()) })
+    })
 }
 
 /// `_Loop.call_soon(callback, *args, context=None)`.
@@ -76,19 +165,11 @@ unsafe extern "C" fn call_soon(
 ) -> *mut ffi::PyObject {
     // SAFETY: CPython calls this method with the GIL held.
     let py = unsafe { Python::assume_attached() };
-    let r = std::panic::catch_unwind(|| {
+    finish(py, || {
         // SAFETY: the vectorcall contract: `args` holds the positional
         // arguments followed by one value per name in `kwnames`.
-        unsafe { call_soon_impl(py, slf, args, nargsf, kwnames) }
-    });
-    let r = r.unwrap_or_else(|payload| Err(panic_error(payload)));
-    match r {
-        Ok(obj) => obj.into_ptr(),
-        Err(e) => {
-            e.restore(py);
-            std::ptr::null_mut()
-        }
-    }
+        unsafe { call_soon_impl(py, slf, args, nargsf, kwnames) }.map(Bound::into_ptr)
+    })
 }
 
 /// # Safety

@@ -16,7 +16,7 @@
 //! 2. `handle`: `Handle`, `TimerHandle`;
 //! 3. `loop_state`: the `_Loop` struct and its ready-queue items;
 //! 4. `future`: `Future`, `Task`, the task step;
-//! 5. `io`: fd watches, the read buffer, stream transports;
+//! 5. `io`: fd watches, buffers, stream transports, `sock_*` operations;
 //! 6. `event_loop` (`_Loop`'s methods and driver), `fastcall`.
 
 #![allow(non_snake_case)] // asyncio's private names (`_Task__step`, `get__name` getters)
@@ -54,6 +54,10 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     future::iter::install_am_send(m.py());
     future::init_statics(m.py())?;
     m.add_class::<io::stream::StreamCore>()?;
+    m.add_class::<io::sock_ops::SockWatch>()?;
+    m.add_function(wrap_pyfunction!(io::sock_ops::_sock_recv, m)?)?;
+    m.add_function(wrap_pyfunction!(io::sock_ops::_sock_recv_into, m)?)?;
+    m.add_function(wrap_pyfunction!(io::sock_ops::_sock_sendall, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -53,6 +53,10 @@ pub enum Ready {
     /// transport, held as `Py<PyAny>`: that module sits above this one)
     /// reads (`write == false`) or flushes its write queue.
     Stream { stream: Py<PyAny>, write: bool },
+    /// A pending `sock_*` operation's fd is ready: `watch` (a
+    /// `crate::io::sock_ops` watch, held as `Py<PyAny>` like `stream`)
+    /// retries its read (`write == false`) or its send.
+    Sock { watch: Py<PyAny>, write: bool },
 }
 
 /// One side (reader or writer) of a watched fd.
@@ -70,13 +74,22 @@ pub enum FdWatch {
         stream: Py<PyAny>,
         fileobj: Py<PyAny>,
     },
+    /// The `sock_*` operations of a socket (`crate::io::sock_ops`), and
+    /// the fd as an int. Edge-aware, and left registered between
+    /// operations.
+    Sock {
+        watch: Py<PyAny>,
+        fileobj: Py<PyAny>,
+    },
 }
 
 impl FdWatch {
     /// The object the fd was watched with.
     pub fn fileobj(&self) -> &Py<PyAny> {
         match self {
-            FdWatch::Callback { fileobj, .. } | FdWatch::Stream { fileobj, .. } => fileobj,
+            FdWatch::Callback { fileobj, .. }
+            | FdWatch::Stream { fileobj, .. }
+            | FdWatch::Sock { fileobj, .. } => fileobj,
         }
     }
 
@@ -84,7 +97,7 @@ impl FdWatch {
     pub fn handle(&self) -> Option<&Py<Handle>> {
         match self {
             FdWatch::Callback { handle, .. } => Some(handle),
-            FdWatch::Stream { .. } => None,
+            FdWatch::Stream { .. } | FdWatch::Sock { .. } => None,
         }
     }
 }

@@ -493,6 +493,18 @@ pub(crate) fn item_to_handle(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<Py<
             let ctx = Adopted::adopt_new_context(crate::aio::copy_context(py)?);
             (cb, PyTuple::empty(py).unbind(), ctx)
         }
+        Ready::Sock { watch, write } => {
+            let cb = watch.bind(py).getattr("_retry")?.unbind();
+            let args = PyTuple::new(
+                py,
+                [
+                    slf.clone().into_any(),
+                    pyo3::types::PyBool::new(py, write).to_owned().into_any(),
+                ],
+            )?;
+            let ctx = Adopted::adopt_new_context(crate::aio::copy_context(py)?);
+            (cb, args.unbind(), ctx)
+        }
     };
     Py::new(py, Handle::new(cb, args, lp, ctx, tb))
 }

@@ -26,6 +26,7 @@ use pyo3::types::{PyInt, PyTuple};
 
 use crate::errors::os_error;
 use crate::handle::{self, Handle};
+use crate::io::sock_ops;
 use crate::loop_state::{FdWatch, Loop, Ready};
 
 /// Queues the handles of a ready fd (the core's `on_io`, see
@@ -61,6 +62,9 @@ pub(crate) fn on_ready(
                 stream: stream.clone_ref(py),
                 write,
             }),
+            (true, Some(FdWatch::Sock { watch, .. })) => {
+                sock_ops::on_event(py, watch, ev, !write, ready);
+            }
             _ => {}
         }
     }
@@ -176,6 +180,9 @@ impl Loop {
                 Ok(true)
             }
             Some(FdWatch::Stream { .. }) => Ok(true),
+            // asyncio removes its reader when a sock_* operation ends:
+            // nothing of it is left for remove_reader/remove_writer to find.
+            Some(FdWatch::Sock { .. }) => Ok(false),
             None => Ok(false),
         }
     }

@@ -47,6 +47,7 @@ use pyo3::{ffi, intern, PyTraverseError};
 use crate::aio::{imports, in_context};
 use crate::errors::{is_exit_exception, os_error};
 use crate::gil::GilRefCell;
+use crate::io::buffer::BufView;
 use crate::io::read_buf::recv_bytes;
 use crate::loop_state::{FdWatch, Loop, Ready};
 
@@ -73,63 +74,11 @@ impl AsRef<[u8]> for HeldBytes {
     }
 }
 
-/// A contiguous byte view of a buffer-protocol object, released on drop.
-struct BufView {
-    view: ffi::Py_buffer,
-}
-
-impl BufView {
-    fn get(obj: &Bound<'_, PyAny>, writable: bool) -> PyResult<Self> {
-        let flags = if writable {
-            ffi::PyBUF_WRITABLE
-        } else {
-            ffi::PyBUF_SIMPLE
-        };
-        let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-        // SAFETY: GIL held; `view` is filled on success and released in Drop.
-        if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) } != 0 {
-            return Err(PyErr::fetch(obj.py()));
-        }
-        // SAFETY: initialized by the successful call above.
-        let view = unsafe { view.assume_init() };
-        Ok(BufView { view })
-    }
-
-    fn len(&self) -> usize {
-        usize::try_from(self.view.len).unwrap_or(0)
-    }
-
-    fn bytes(&self) -> &[u8] {
-        if self.len() == 0 {
-            return &[];
-        }
-        // SAFETY: a simple (contiguous) view of `len` bytes at `buf`, alive
-        // until released in Drop.
-        unsafe { std::slice::from_raw_parts(self.view.buf.cast::<u8>(), self.len()) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        if self.len() == 0 {
-            return &mut [];
-        }
-        // SAFETY: a writable contiguous view (PyBUF_WRITABLE) of `len` bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.view.buf.cast::<u8>(), self.len()) }
-    }
-}
-
-impl Drop for BufView {
-    fn drop(&mut self) {
-        // SAFETY: obtained by PyObject_GetBuffer, released once, GIL held
-        // (views live only inside methods called from Python).
-        unsafe { ffi::PyBuffer_Release(&mut self.view) }
-    }
-}
-
-fn sock_ref<'a>(fd: &'a BorrowedFd<'_>) -> socket2::SockRef<'a> {
+pub(crate) fn sock_ref<'a>(fd: &'a BorrowedFd<'_>) -> socket2::SockRef<'a> {
     socket2::SockRef::from(fd)
 }
 
-fn retry_later(e: &io::Error) -> bool {
+pub(crate) fn retry_later(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
@@ -717,6 +666,93 @@ impl StreamCore {
         Ok(())
     }
 
+    /// `transport.write(data)` (asyncio's checks and messages, in its
+    /// order): sends at once when nothing is queued, queues the rest.
+    /// `crate::fastcall` calls it without PyO3's argument parsing.
+    pub(crate) fn write_data(slf: &Bound<'_, StreamCore>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        // SAFETY: type checks only read the object's type.
+        let exact_bytes = unsafe { ffi::PyBytes_CheckExact(data.as_ptr()) } != 0;
+        // SAFETY: as above.
+        let any_bytes = exact_bytes || unsafe { ffi::PyBytes_Check(data.as_ptr()) } != 0;
+        if !any_bytes
+            && !data.is_instance_of::<PyByteArray>()
+            && !data.is_instance_of::<PyMemoryView>()
+        {
+            return Err(PyTypeError::new_err(format!(
+                "data argument must be a bytes-like object, not '{}'",
+                data.get_type().name()?
+            )));
+        }
+        let view;
+        let bytes = if exact_bytes {
+            // SAFETY: checked to be exactly `bytes` above.
+            unsafe { data.cast_unchecked::<PyBytes>() }.as_bytes()
+        } else {
+            view = BufView::get(data, false)?;
+            view.bytes()
+        };
+        let fd = {
+            let mut s = slf.get().st();
+            if s.eof {
+                return Err(PyRuntimeError::new_err(
+                    "Cannot call write() after write_eof()",
+                ));
+            }
+            if s.empty_waiter.is_some() {
+                return Err(PyRuntimeError::new_err(
+                    "unable to write; sendfile is in progress",
+                ));
+            }
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            if s.conn_lost > 0 {
+                let warn = s.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
+                s.conn_lost += 1;
+                drop(s);
+                if warn {
+                    Self::log(py, "warning", ("socket.send() raised exception.",))?;
+                }
+                return Ok(());
+            }
+            s.queue.is_empty().then_some(s.fd)
+        };
+        let mut start = 0;
+        if let Some(fd) = fd {
+            // SAFETY: conn_lost is 0, so the socket is still open.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            match sock_ref(&fd).send(bytes) {
+                Ok(n) if n == bytes.len() => return Ok(()),
+                Ok(n) => start = n,
+                Err(e) if retry_later(&e) => {}
+                Err(e) => {
+                    let e = os_error(e);
+                    return Self::fatal_error(
+                        slf,
+                        e.value(py).as_any(),
+                        "Fatal write error on socket transport",
+                    );
+                }
+            }
+            Self::watch(slf, false, true)?;
+        }
+        {
+            let rest = &bytes[start..];
+            let mut s = slf.get().st();
+            if exact_bytes && rest.len() >= COALESCE_LIMIT {
+                s.queue.push_held(HeldBytes {
+                    _obj: data.clone().unbind(),
+                    ptr: rest.as_ptr(),
+                    len: rest.len(),
+                });
+            } else {
+                s.queue.push_copy(rest);
+            }
+        }
+        Self::flow_check(slf, true)
+    }
+
     fn close_impl(slf: &Bound<'_, StreamCore>) -> PyResult<()> {
         let empty = {
             let mut s = slf.get().st();
@@ -900,92 +936,7 @@ impl StreamCore {
     }
 
     fn write(slf: &Bound<'_, Self>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        // SAFETY: type checks only read the object's type.
-        let is_bytes = unsafe { ffi::PyBytes_Check(data.as_ptr()) } != 0;
-        if !is_bytes
-            && !data.is_instance_of::<PyByteArray>()
-            && !data.is_instance_of::<PyMemoryView>()
-        {
-            return Err(PyTypeError::new_err(format!(
-                "data argument must be a bytes-like object, not '{}'",
-                data.get_type().name()?
-            )));
-        }
-        {
-            let s = slf.get().st();
-            if s.eof {
-                return Err(PyRuntimeError::new_err(
-                    "Cannot call write() after write_eof()",
-                ));
-            }
-            if s.empty_waiter.is_some() {
-                return Err(PyRuntimeError::new_err(
-                    "unable to write; sendfile is in progress",
-                ));
-            }
-        }
-        let view = BufView::get(data, false)?;
-        let bytes = view.bytes();
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let warn = {
-            let mut s = slf.get().st();
-            if s.conn_lost > 0 {
-                let warn = s.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
-                s.conn_lost += 1;
-                Some(warn)
-            } else {
-                None
-            }
-        };
-        if let Some(warn) = warn {
-            drop(view);
-            if warn {
-                Self::log(py, "warning", ("socket.send() raised exception.",))?;
-            }
-            return Ok(());
-        }
-        let mut start = 0;
-        let queue_empty = slf.get().st().queue.is_empty();
-        if queue_empty {
-            let fd = slf.get().st().fd;
-            // SAFETY: conn_lost is 0, so the socket is still open.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            match sock_ref(&fd).send(bytes) {
-                Ok(n) if n == bytes.len() => return Ok(()),
-                Ok(n) => start = n,
-                Err(e) if retry_later(&e) => {}
-                Err(e) => {
-                    drop(view);
-                    let e = os_error(e);
-                    return Self::fatal_error(
-                        slf,
-                        e.value(py).as_any(),
-                        "Fatal write error on socket transport",
-                    );
-                }
-            }
-            Self::watch(slf, false, true)?;
-        }
-        {
-            let rest = &bytes[start..];
-            let mut s = slf.get().st();
-            // SAFETY: type check only.
-            let exact_bytes = unsafe { ffi::PyBytes_CheckExact(data.as_ptr()) } != 0;
-            if exact_bytes && rest.len() >= COALESCE_LIMIT {
-                s.queue.push_held(HeldBytes {
-                    _obj: data.clone().unbind(),
-                    ptr: rest.as_ptr(),
-                    len: rest.len(),
-                });
-            } else {
-                s.queue.push_copy(rest);
-            }
-        }
-        drop(view);
-        Self::flow_check(slf, true)
+        Self::write_data(slf, data)
     }
 
     fn writelines(slf: &Bound<'_, Self>, list_of_data: &Bound<'_, PyAny>) -> PyResult<()> {

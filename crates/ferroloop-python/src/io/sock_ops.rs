@@ -1,0 +1,508 @@
+//! Native `sock_recv`, `sock_recv_into` and `sock_sendall`: asyncio's
+//! semantics (try the socket at once, else wait for readiness; a second
+//! operation of the same kind replaces the first, whose future then never
+//! completes; errors are the socket's `OSError`s), without asyncio's
+//! per-operation costs.
+//!
+//! asyncio adds a reader (`EPOLL_CTL_ADD`) when a `recv` would block and
+//! removes it (`EPOLL_CTL_DEL`) when the future is done, and tries `recv`
+//! first every time: a ping-pong `sock_recv`/`sock_sendall` echo makes six
+//! syscalls per message where three do (and `recv(256 KiB)` allocates a
+//! 256 KiB `bytes`, an `mmap`/`munmap` pair in some processes). Here:
+//! - a socket's [`SockWatch`] stays registered, edge-triggered, between
+//!   operations: no `epoll_ctl` per operation;
+//! - the watch knows whether the socket may have data (`read_hint`): false
+//!   after a `recv` would block, or after a short read of a stream socket
+//!   (its queue was drained), true again on its next readiness event. With
+//!   no hint, `sock_recv` does not try `recv` and waits for the event;
+//! - reads go through the loop's reusable buffer (`read_buf`) into one
+//!   exact-size `bytes`;
+//! - a ready operation completes from the ready queue (`Ready::Sock`), with
+//!   no Handle and no Python callback.
+//!
+//! ## Invariants
+//! - A watch is in the loop's fd table (`FdWatch::Sock`, reader side) from
+//!   the first operation that waited until the loop closes or another
+//!   watcher replaces it; it holds its socket weakly, and is reused only
+//!   for the same, still-open socket object (a closed socket's fd number
+//!   may come back with another socket: the reactor re-adds a forgotten fd,
+//!   see `ferroloop_core::reactor`).
+//! - The write side is registered only while a send waits.
+//! - `read_hint` is cleared only by this module's own reads, and set by
+//!   every readable event while registered: an edge that arrives after a
+//!   read found the socket empty is never lost. A peer that closed
+//!   (`IoEvent::closed`) keeps the hint set: its EOF is always readable.
+//! - The watch's state is borrowed only while no Python code runs.
+
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+
+use ferroloop_core::reactor::IoEvent;
+use ferroloop_core::{IoOutcome, ReadyQueue};
+use pyo3::exceptions::PyValueError;
+use pyo3::gc::PyVisit;
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyWeakrefReference};
+use pyo3::{intern, PyTraverseError};
+
+use crate::errors::os_error;
+use crate::gil::GilRefCell;
+use crate::io::buffer::BufView;
+use crate::io::read_buf::recv_bytes;
+use crate::io::stream::{retry_later, sock_ref};
+use crate::loop_state::{FdWatch, Loop, Ready};
+
+enum ReadOp {
+    Recv { fut: Py<PyAny>, n: usize },
+    RecvInto { fut: Py<PyAny>, buf: Py<PyAny> },
+}
+
+impl ReadOp {
+    fn fut(&self) -> &Py<PyAny> {
+        match self {
+            ReadOp::Recv { fut, .. } | ReadOp::RecvInto { fut, .. } => fut,
+        }
+    }
+}
+
+struct WriteOp {
+    fut: Py<PyAny>,
+    view: BufView,
+    sent: usize,
+}
+
+struct SockState {
+    fd: RawFd,
+    sock: Py<PyWeakrefReference>,
+    /// SOCK_STREAM: a short read drained the queue.
+    stream: bool,
+    read_hint: bool,
+    peer_closed: bool,
+    read_op: Option<ReadOp>,
+    write_op: Option<WriteOp>,
+}
+
+/// The `sock_*` state of one socket (see the module docs).
+#[pyclass(frozen, module = "ferroloop._ferroloop", name = "_SockWatch")]
+pub(crate) struct SockWatch {
+    st: GilRefCell<SockState>,
+}
+
+impl SockWatch {
+    fn st(&self) -> std::cell::RefMut<'_, SockState> {
+        self.st.lock()
+    }
+
+    fn is_for(&self, sock: &Bound<'_, PyAny>) -> bool {
+        let s = self.st();
+        s.sock.bind(sock.py()).upgrade().is_some_and(|o| o.is(sock))
+    }
+
+    /// After a read of `got` bytes out of `asked` (`None`: it would block).
+    fn note_read(&self, got: Option<usize>, asked: usize) {
+        let mut s = self.st();
+        s.read_hint = match got {
+            None => false,
+            Some(n) => s.peer_closed || !s.stream || n >= asked,
+        };
+    }
+}
+
+#[pymethods]
+impl SockWatch {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.st.try_lock() else {
+            return Ok(());
+        };
+        visit.call(&s.sock)?;
+        if let Some(op) = &s.read_op {
+            visit.call(op.fut())?;
+            if let ReadOp::RecvInto { buf, .. } = op {
+                visit.call(buf)?;
+            }
+        }
+        if let Some(op) = &s.write_op {
+            visit.call(&op.fut)?;
+        }
+        Ok(())
+    }
+
+    /// Retries the waiting read (`write == false`) or send, as its ready
+    /// item does (debug mode runs items through Handles).
+    fn _retry(slf: &Bound<'_, Self>, lp: &Bound<'_, Loop>, write: bool) -> PyResult<()> {
+        run_ready(slf.as_any(), lp, write)
+    }
+
+    fn __clear__(&self) {
+        let taken = self
+            .st
+            .try_lock()
+            .map(|mut s| (s.read_op.take(), s.write_op.take()));
+        drop(taken);
+    }
+}
+
+/// The reactor reported `ev` for a watch (the core's `on_io`, from
+/// `crate::io::fd_watch`): notes the readiness, queues a waiting operation.
+pub(crate) fn on_event(
+    py: Python<'_>,
+    watch: &Py<PyAny>,
+    ev: &IoEvent,
+    read_side: bool,
+    ready: &mut ReadyQueue<Ready>,
+) -> IoOutcome {
+    // SAFETY: FdWatch::Sock holds SockWatch objects only (this module).
+    let w = unsafe { watch.bind(py).cast_unchecked::<SockWatch>() };
+    let mut s = w.get().st();
+    let mut queue = |write| {
+        ready.push(Ready::Sock {
+            watch: watch.clone_ref(py),
+            write,
+        })
+    };
+    if read_side && ev.readable {
+        s.read_hint = true;
+        s.peer_closed |= ev.closed;
+        if s.read_op.is_some() {
+            queue(false);
+        }
+    }
+    if !read_side && ev.writable && s.write_op.is_some() {
+        queue(true);
+    }
+    IoOutcome {
+        rearm: false,
+        ..IoOutcome::LEVEL
+    }
+}
+
+/// The watch of `sock` (fd `fd`) in the loop's table, if it is this
+/// socket's.
+fn find(lp: &Bound<'_, Loop>, sock: &Bound<'_, PyAny>, fd: RawFd) -> Option<Py<SockWatch>> {
+    let py = lp.py();
+    let found = {
+        let s = lp.get().st();
+        let w = s.core.io.get_fd(fd)?;
+        match (&w.reader, &w.writer) {
+            (Some(FdWatch::Sock { watch, .. }), _) | (_, Some(FdWatch::Sock { watch, .. })) => {
+                watch.clone_ref(py)
+            }
+            _ => return None,
+        }
+    };
+    // SAFETY: FdWatch::Sock holds SockWatch objects only.
+    let w = unsafe { found.into_bound(py).cast_into_unchecked::<SockWatch>() };
+    w.get().is_for(sock).then(|| w.unbind())
+}
+
+/// Registers `watch` on one side of `fd` (replacing what was there, as
+/// asyncio's `_add_reader`/`_add_writer` do) or clears the writer side.
+fn set_side(
+    lp: &Bound<'_, Loop>,
+    fd: RawFd,
+    watch: Option<&Py<SockWatch>>,
+    read: bool,
+) -> PyResult<()> {
+    let py = lp.py();
+    let old = {
+        let mut s = lp.get().st();
+        s.check_closed()?;
+        let r = match watch {
+            Some(w) => {
+                let fw = FdWatch::Sock {
+                    watch: w.clone_ref(py).into_any(),
+                    fileobj: PyInt::new(py, fd).into_any().unbind(),
+                };
+                if read {
+                    s.core.add_reader(fd, fw)
+                } else {
+                    s.core.add_writer(fd, fw)
+                }
+            }
+            None => s.core.remove_writer(fd),
+        };
+        r.map_err(os_error)?
+    };
+    if let Some(FdWatch::Callback { handle, .. }) = &old {
+        handle.get().do_cancel(py, handle.bind(py).as_any())?;
+    }
+    drop(old);
+    Ok(())
+}
+
+/// The slow path's common start: asyncio's transport check, then this
+/// socket's watch, made and registered (reader side) when missing.
+fn waiting_watch<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    fd: RawFd,
+    existing: Option<Py<SockWatch>>,
+) -> PyResult<(Py<SockWatch>, Bound<'py, PyAny>)> {
+    let py = lp.py();
+    lp.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
+    let w = match existing {
+        Some(w) => w,
+        None => {
+            let sock_type: i32 = sock.getattr(intern!(py, "type"))?.extract()?;
+            let w = Py::new(
+                py,
+                SockWatch {
+                    st: GilRefCell::new(SockState {
+                        fd,
+                        sock: PyWeakrefReference::new(sock)?.unbind(),
+                        stream: sock_type == libc_sock_stream(),
+                        read_hint: false,
+                        peer_closed: false,
+                        read_op: None,
+                        write_op: None,
+                    }),
+                },
+            )?;
+            set_side(lp, fd, Some(&w), true)?;
+            w
+        }
+    };
+    let fut = lp.call_method0(intern!(py, "create_future"))?;
+    Ok((w, fut))
+}
+
+fn libc_sock_stream() -> i32 {
+    // socket.SOCK_STREAM (1 on Linux and the BSDs).
+    1
+}
+
+fn sock_fd(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    sock.call_method0(intern!(sock.py(), "fileno"))?.extract()
+}
+
+/// `sock_recv`'s native part: the bytes when they can be read now, else a
+/// future completed when they arrive.
+#[pyfunction]
+pub(crate) fn _sock_recv<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    n: isize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let n = usize::try_from(n).map_err(|_| PyValueError::new_err("negative buffersize in recv"))?;
+    let fd = sock_fd(sock)?;
+    if n == 0 {
+        // As CPython's socket.recv(0): no syscall.
+        return Ok(pyo3::types::PyBytes::new(py, b"").into_any());
+    }
+    read_now_or_wait(
+        lp,
+        sock,
+        fd,
+        || Ok(recv_bytes(py, fd, n).map(|b| (b.as_bytes().len(), n, b.into_any()))),
+        |fut| ReadOp::Recv { fut, n },
+    )
+}
+
+/// The shape of `sock_recv` and `sock_recv_into`: when the socket may have
+/// data, `read` (giving `(got, asked, result)`); else, or if it would
+/// block, a future for `make_op`'s operation, which the watch completes.
+fn read_now_or_wait<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    fd: RawFd,
+    read: impl FnOnce() -> PyResult<io::Result<(usize, usize, Bound<'py, PyAny>)>>,
+    make_op: impl FnOnce(Py<PyAny>) -> ReadOp,
+) -> PyResult<Bound<'py, PyAny>> {
+    let existing = find(lp, sock, fd);
+    let hint = existing.as_ref().map_or(true, |w| w.get().st().read_hint);
+    if hint {
+        match read()? {
+            Ok((got, asked, result)) => {
+                if let Some(w) = &existing {
+                    w.get().note_read(Some(got), asked);
+                }
+                return Ok(result);
+            }
+            Err(e) if retry_later(&e) => {}
+            Err(e) => return Err(os_error(e)),
+        }
+    }
+    let (w, fut) = waiting_watch(lp, sock, fd, existing)?;
+    let old = {
+        let mut s = w.get().st();
+        s.read_hint = false;
+        s.read_op.replace(make_op(fut.clone().unbind()))
+    };
+    drop(old);
+    Ok(fut)
+}
+
+/// `sock_recv_into`'s native part: the byte count when data can be read
+/// now, else a future.
+#[pyfunction]
+pub(crate) fn _sock_recv_into<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    buf: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let fd = sock_fd(sock)?;
+    read_now_or_wait(
+        lp,
+        sock,
+        fd,
+        || {
+            let mut view = BufView::get(buf, true)?;
+            let asked = view.len();
+            Ok(recv_into(fd, &mut view).map(|got| (got, asked, PyInt::new(py, got).into_any())))
+        },
+        |fut| ReadOp::RecvInto {
+            fut,
+            buf: buf.clone().unbind(),
+        },
+    )
+}
+
+fn recv_into(fd: RawFd, view: &mut BufView) -> io::Result<usize> {
+    // SAFETY: the caller's socket is open for the call (its fileno() was
+    // just read, or its watch is registered, which a close would end).
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    let out = view.bytes_mut();
+    // SAFETY: u8 -> MaybeUninit<u8> has the same layout; recv only writes.
+    let out =
+        unsafe { &mut *(std::ptr::from_mut::<[u8]>(out) as *mut [std::mem::MaybeUninit<u8>]) };
+    sock_ref(&fd).recv(out)
+}
+
+fn send_some(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
+    // SAFETY: as in `recv_into`.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    sock_ref(&fd).send(bytes)
+}
+
+/// `sock_sendall`'s native part: None when everything was sent now, else a
+/// future completed when the rest is.
+#[pyfunction]
+pub(crate) fn _sock_sendall<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = lp.py();
+    let view = BufView::get(data, false)?;
+    let fd = sock_fd(sock)?;
+    let sent = match send_some(fd, view.bytes()) {
+        Ok(n) => n,
+        Err(e) if retry_later(&e) => 0,
+        Err(e) => return Err(os_error(e)),
+    };
+    if sent == view.len() {
+        return Ok(py.None().into_bound(py));
+    }
+    let existing = find(lp, sock, fd);
+    let (w, fut) = waiting_watch(lp, sock, fd, existing)?;
+    let old = w.get().st().write_op.replace(WriteOp {
+        fut: fut.clone().unbind(),
+        view,
+        sent,
+    });
+    drop(old);
+    set_side(lp, fd, Some(&w), false)?;
+    Ok(fut)
+}
+
+fn settle(fut: &Bound<'_, PyAny>, r: PyResult<Bound<'_, PyAny>>) -> PyResult<()> {
+    let py = fut.py();
+    match r {
+        Ok(v) => fut.call_method1(intern!(py, "set_result"), (v,))?,
+        Err(e) => fut.call_method1(intern!(py, "set_exception"), (e.into_value(py),))?,
+    };
+    Ok(())
+}
+
+fn is_done(fut: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fut.call_method0(intern!(fut.py(), "done"))?.is_truthy()
+}
+
+/// Runs a ready item of a watch (`crate::event_loop`): retries its waiting
+/// read (`write == false`) or send.
+pub(crate) fn run_ready(
+    watch: &Bound<'_, PyAny>,
+    lp: &Bound<'_, Loop>,
+    write: bool,
+) -> PyResult<()> {
+    let py = watch.py();
+    let w = watch.cast::<SockWatch>()?;
+    if write {
+        let Some(mut op) = w.get().st().write_op.take() else {
+            return Ok(());
+        };
+        let fd = w.get().st().fd;
+        let fut = op.fut.clone_ref(py).into_bound(py);
+        let outcome = if is_done(&fut)? {
+            None
+        } else {
+            loop {
+                match send_some(fd, &op.view.bytes()[op.sent..]) {
+                    Ok(n) => {
+                        op.sent += n;
+                        if op.sent == op.view.len() {
+                            break Some(Ok(py.None().into_bound(py)));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        w.get().st().write_op = Some(op);
+                        return Ok(()); // the next edge reports the space
+                    }
+                    Err(e) => break Some(Err(os_error(e))),
+                }
+            }
+        };
+        drop(op);
+        set_side(lp, fd, None, false)?;
+        return match outcome {
+            Some(r) => settle(&fut, r),
+            None => Ok(()),
+        };
+    }
+    let Some(op) = w.get().st().read_op.take() else {
+        return Ok(());
+    };
+    let fd = w.get().st().fd;
+    let fut = op.fut().clone_ref(py).into_bound(py);
+    if is_done(&fut)? {
+        return Ok(());
+    }
+    let r = match &op {
+        ReadOp::Recv { n, .. } => match recv_bytes(py, fd, *n) {
+            Ok(b) => {
+                w.get().note_read(Some(b.as_bytes().len()), *n);
+                Ok(b.into_any())
+            }
+            Err(e) => Err(e),
+        },
+        ReadOp::RecvInto { buf, .. } => {
+            let r = BufView::get(buf.bind(py), true).map(|mut view| {
+                let asked = view.len();
+                recv_into(fd, &mut view).map(|got| (got, asked))
+            });
+            match r {
+                Ok(Ok((got, asked))) => {
+                    w.get().note_read(Some(got), asked);
+                    Ok(PyInt::new(py, got).into_any())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => return settle(&fut, Err(e)),
+            }
+        }
+    };
+    match r {
+        Ok(v) => settle(&fut, Ok(v)),
+        Err(e) if retry_later(&e) => {
+            w.get().note_read(None, 0);
+            let mut s = w.get().st();
+            if s.read_op.is_none() {
+                s.read_op = Some(op);
+            }
+            Ok(())
+        }
+        Err(e) => settle(&fut, Err(os_error(e))),
+    }
+}
