@@ -272,3 +272,22 @@ def test_slow_data_received_is_reported_in_debug_mode(loop, run, caplog):
     slow = [r.getMessage() for r in caplog.records
             if r.getMessage().startswith('Executing')]
     assert any('_read_ready' in m and 'took' in m for m in slow), slow
+
+
+def test_write_by_keyword_and_argument_errors(loop, run):
+    async def main():
+        with tcp_pair() as (client, server):
+            proto = Recorder(loop)
+            tr = await accept(loop, proto, server)
+            tr.write(data=b'kw')
+            for args, kwargs in [((), {}), ((b'a', b'b'), {}), ((), {'other': b'x'})]:
+                try:
+                    tr.write(*args, **kwargs)
+                except TypeError:
+                    pass
+                else:
+                    raise AssertionError(f'write(*{args}, **{kwargs}) did not raise')
+            assert await loop.sock_recv(client, 10) == b'kw'
+            tr.close()
+            await proto.wait_lost()
+    run(main())
