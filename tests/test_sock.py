@@ -612,3 +612,30 @@ def test_pending_sock_sendall_keeps_a_bytearray_from_resizing(loop, run):
             assert sha256(got) == sha256(bytes(data))
             data.extend(b'x')  # released once the send is done
     run(main())
+
+
+def test_sock_accept_then_more_connections_queued_together(loop, run):
+    # Three clients connect before the server accepts: one readiness event
+    # covers them all, and each sock_accept gets one.
+    async def main():
+        with listening_socket() as lsock:
+            lsock.setblocking(False)
+            first = asyncio.ensure_future(loop.sock_accept(lsock))
+            await asyncio.sleep(0.01)
+            clients = [socket.create_connection(lsock.getsockname()) for _ in range(3)]
+            try:
+                conns = [await wait(first)]
+                conns += [await wait(loop.sock_accept(lsock)) for _ in range(2)]
+                for (conn, addr), c in zip(conns, clients):
+                    assert conn.gettimeout() == 0
+                    c.sendall(b'hi')
+                # every accepted socket belongs to one client
+                peers = sorted(c.getsockname() for c in clients)
+                assert sorted(addr for _, addr in conns) == peers
+                for conn, _ in conns:
+                    assert await wait(loop.sock_recv(conn, 10)) == b'hi'
+                    conn.close()
+            finally:
+                for c in clients:
+                    c.close()
+    run(main())

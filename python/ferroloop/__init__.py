@@ -41,6 +41,7 @@ from ._ferroloop import (
     TimerHandle,
     __version__,
     _Loop,
+    _sock_accept,
     _sock_recv,
     _sock_recv_into,
     _sock_sendall,
@@ -199,6 +200,13 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
             raise ValueError("the socket must be non-blocking")
         r = _sock_recv_into(self, sock, buf)
         return r if r.__class__ is int else await r  # type: ignore[no-any-return]
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        r = _sock_accept(self, sock)
+        return r if r.__class__ is tuple else await r  # type: ignore[no-any-return]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]

@@ -1,4 +1,4 @@
-//! Native `sock_recv`, `sock_recv_into` and `sock_sendall`: asyncio's
+//! Native `sock_recv`, `sock_recv_into`, `sock_accept` and `sock_sendall`: asyncio's
 //! semantics (try the socket at once, else wait for readiness; a second
 //! operation of the same kind replaces the first, whose future then never
 //! completes; errors are the socket's `OSError`s), without asyncio's
@@ -55,13 +55,58 @@ use crate::loop_state::{FdWatch, Loop, Ready};
 enum ReadOp {
     Recv { fut: Py<PyAny>, n: usize },
     RecvInto { fut: Py<PyAny>, buf: Py<PyAny> },
+    Accept { fut: Py<PyAny>, sock: Py<PyAny> },
 }
+
+/// What one read attempt gave: `(got, asked, result)`, the OS error, or a
+/// Python error (a bad buffer, an error of `socket.accept`).
+type Attempt<'py> = PyResult<io::Result<(usize, usize, Bound<'py, PyAny>)>>;
 
 impl ReadOp {
     fn fut(&self) -> &Py<PyAny> {
         match self {
-            ReadOp::Recv { fut, .. } | ReadOp::RecvInto { fut, .. } => fut,
+            ReadOp::Recv { fut, .. }
+            | ReadOp::RecvInto { fut, .. }
+            | ReadOp::Accept { fut, .. } => fut,
         }
+    }
+
+    fn attempt<'py>(&self, py: Python<'py>, fd: RawFd) -> Attempt<'py> {
+        match self {
+            ReadOp::Recv { n, .. } => try_recv(py, fd, *n),
+            ReadOp::RecvInto { buf, .. } => try_recv_into(fd, buf.bind(py)),
+            ReadOp::Accept { sock, .. } => try_accept(sock.bind(py)),
+        }
+    }
+}
+
+fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt<'_> {
+    Ok(recv_bytes(py, fd, n).map(|b| (b.as_bytes().len(), n, b.into_any())))
+}
+
+fn try_recv_into<'py>(fd: RawFd, buf: &Bound<'py, PyAny>) -> Attempt<'py> {
+    let mut view = BufView::get(buf, true)?;
+    let asked = view.len();
+    Ok(recv_into(fd, &mut view).map(|got| (got, asked, PyInt::new(buf.py(), got).into_any())))
+}
+
+/// `conn, address = sock.accept(); conn.setblocking(False)`, as asyncio.
+/// A listening socket has no short reads: the hint stays set after one.
+fn try_accept<'py>(sock: &Bound<'py, PyAny>) -> Attempt<'py> {
+    let py = sock.py();
+    match sock.call_method0(intern!(py, "accept")) {
+        Ok(pair) => {
+            pair.get_item(0)?
+                .call_method1(intern!(py, "setblocking"), (false,))?;
+            Ok(Ok((1, 1, pair)))
+        }
+        Err(e)
+            if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+        {
+            Ok(Err(io::ErrorKind::WouldBlock.into()))
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -117,8 +162,11 @@ impl SockWatch {
         visit.call(&s.sock)?;
         if let Some(op) = &s.read_op {
             visit.call(op.fut())?;
-            if let ReadOp::RecvInto { buf, .. } = op {
-                visit.call(buf)?;
+            match op {
+                ReadOp::RecvInto { buf: o, .. } | ReadOp::Accept { sock: o, .. } => {
+                    visit.call(o)?
+                }
+                ReadOp::Recv { .. } => {}
             }
         }
         if let Some(op) = &s.write_op {
@@ -294,7 +342,7 @@ pub(crate) fn _sock_recv<'py>(
         lp,
         sock,
         fd,
-        || Ok(recv_bytes(py, fd, n).map(|b| (b.as_bytes().len(), n, b.into_any()))),
+        || try_recv(py, fd, n),
         |fut| ReadOp::Recv { fut, n },
     )
 }
@@ -341,20 +389,35 @@ pub(crate) fn _sock_recv_into<'py>(
     sock: &Bound<'py, PyAny>,
     buf: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let py = lp.py();
     let fd = sock_fd(sock)?;
     read_now_or_wait(
         lp,
         sock,
         fd,
-        || {
-            let mut view = BufView::get(buf, true)?;
-            let asked = view.len();
-            Ok(recv_into(fd, &mut view).map(|got| (got, asked, PyInt::new(py, got).into_any())))
-        },
+        || try_recv_into(fd, buf),
         |fut| ReadOp::RecvInto {
             fut,
             buf: buf.clone().unbind(),
+        },
+    )
+}
+
+/// `sock_accept`'s native part: `(conn, address)` when a connection is
+/// waiting, else a future.
+#[pyfunction]
+pub(crate) fn _sock_accept<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let fd = sock_fd(sock)?;
+    read_now_or_wait(
+        lp,
+        sock,
+        fd,
+        || try_accept(sock),
+        |fut| ReadOp::Accept {
+            fut,
+            sock: sock.clone().unbind(),
         },
     )
 }
@@ -470,32 +533,13 @@ pub(crate) fn run_ready(
     if is_done(&fut)? {
         return Ok(());
     }
-    let r = match &op {
-        ReadOp::Recv { n, .. } => match recv_bytes(py, fd, *n) {
-            Ok(b) => {
-                w.get().note_read(Some(b.as_bytes().len()), *n);
-                Ok(b.into_any())
-            }
-            Err(e) => Err(e),
-        },
-        ReadOp::RecvInto { buf, .. } => {
-            let r = BufView::get(buf.bind(py), true).map(|mut view| {
-                let asked = view.len();
-                recv_into(fd, &mut view).map(|got| (got, asked))
-            });
-            match r {
-                Ok(Ok((got, asked))) => {
-                    w.get().note_read(Some(got), asked);
-                    Ok(PyInt::new(py, got).into_any())
-                }
-                Ok(Err(e)) => Err(e),
-                Err(e) => return settle(&fut, Err(e)),
-            }
+    match op.attempt(py, fd) {
+        Err(e) => settle(&fut, Err(e)),
+        Ok(Ok((got, asked, v))) => {
+            w.get().note_read(Some(got), asked);
+            settle(&fut, Ok(v))
         }
-    };
-    match r {
-        Ok(v) => settle(&fut, Ok(v)),
-        Err(e) if retry_later(&e) => {
+        Ok(Err(e)) if retry_later(&e) => {
             w.get().note_read(None, 0);
             let mut s = w.get().st();
             if s.read_op.is_none() {
@@ -503,6 +547,6 @@ pub(crate) fn run_ready(
             }
             Ok(())
         }
-        Err(e) => settle(&fut, Err(os_error(e))),
+        Ok(Err(e)) => settle(&fut, Err(os_error(e))),
     }
 }
