@@ -3,10 +3,14 @@
 Expected behaviour: CPython 3.11's selector loop (selector_events.py).
 """
 
+import array
 import asyncio
+import contextlib
 import errno
+import os
 import re
 import socket
+import time
 
 import pytest
 from io_helpers import (
@@ -626,7 +630,7 @@ def test_sock_accept_then_more_connections_queued_together(loop, run):
             try:
                 conns = [await wait(first)]
                 conns += [await wait(loop.sock_accept(lsock)) for _ in range(2)]
-                for (conn, addr), c in zip(conns, clients):
+                for (conn, _addr), c in zip(conns, clients, strict=True):
                     assert conn.gettimeout() == 0
                     c.sendall(b'hi')
                 # every accepted socket belongs to one client
@@ -638,4 +642,83 @@ def test_sock_accept_then_more_connections_queued_together(loop, run):
             finally:
                 for c in clients:
                     c.close()
+    run(main())
+
+
+def test_sock_recv_unix_read_stopped_by_ancillary_data(loop, run):
+    # An AF_UNIX read stops after a message that carried SCM_RIGHTS while
+    # more bytes are queued: the rest must still arrive.
+    async def main():
+        r, w = os.pipe()
+        try:
+            with socketpair() as (a, b):
+                async def send():
+                    await asyncio.sleep(0.02)
+                    b.sendmsg([b'abc'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array('i', [r]))])
+                    b.send(b'def')
+                sender = asyncio.ensure_future(send())
+                got = b''
+                while len(got) < 6:
+                    got += await wait(loop.sock_recv(a, 100))
+                await sender
+                assert got == b'abcdef'
+        finally:
+            os.close(r)
+            os.close(w)
+    run(main())
+
+
+def test_pending_sock_recv_of_a_closed_socket_never_reads_another(loop, run):
+    # The socket is closed with its sock_recv pending; a new socket gets the
+    # same fd number and is watched: the old operation must not read it.
+    async def main():
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        task = asyncio.ensure_future(loop.sock_recv(a, 100))
+        await asyncio.sleep(0.02)
+        a.close()
+        b.close()
+        with socketpair() as (c, d):
+            with contextlib.suppress(OSError):  # asyncio: ENOENT from epoll
+                loop.add_writer(c, lambda: loop.remove_writer(c))
+            d.send(b'for c')
+            await asyncio.sleep(0.1)
+            assert not task.done()
+            assert c.recv(100) == b'for c'
+            loop.remove_writer(c)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    run(main())
+
+
+def test_socket_at_eof_does_not_keep_the_loop_busy(loop, run):
+    async def main():
+        with socketpair() as (a, b):
+            task = asyncio.ensure_future(loop.sock_recv(a, 100))
+            await asyncio.sleep(0.02)
+            b.send(b'req')
+            b.shutdown(socket.SHUT_WR)
+            assert await wait(task) == b'req'
+            assert await wait(loop.sock_recv(a, 100)) == b''
+            cpu = time.process_time()
+            await asyncio.sleep(0.3)
+            assert time.process_time() - cpu < 0.15
+    run(main())
+
+
+def test_sock_recv_after_remove_reader_with_a_send_pending(loop, run):
+    async def main():
+        with socketpair() as (a, b):
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            big = asyncio.ensure_future(loop.sock_sendall(a, b'z' * 4_000_000))
+            await asyncio.sleep(0.02)
+            assert not big.done()
+            assert loop.remove_reader(a) is False
+            b.send(b'ping')
+            assert await wait(loop.sock_recv(a, 100)) == b'ping'
+            big.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await big
     run(main())

@@ -8,13 +8,17 @@ Every test runs on asyncio and ferroloop (the ``loop`` fixture): asyncio's
 selector transport is the reference.
 """
 
+import array
 import asyncio
+import contextlib
 import contextvars
 import logging
+import os
 import re
 import socket
 import time
 
+import pytest
 from io_helpers import TIMEOUT, Recorder, payload, read_until_eof, sha256, tcp_pair
 
 READ_SIZE = 256 * 1024  # asyncio's max_size for one read
@@ -30,7 +34,10 @@ async def accept(loop, proto, sock):
     return tr
 
 
-def test_callbacks_run_in_the_context_the_transport_was_made_in(loop, run):
+@pytest.mark.parametrize('debug', [False, True])
+def test_callbacks_run_in_the_context_the_transport_was_made_in(loop, run, debug):
+    # (debug mode runs the reads through Handles: same context)
+    loop.set_debug(debug)
     var = contextvars.ContextVar('var', default='outer')
     seen = []
 
@@ -290,4 +297,57 @@ def test_write_by_keyword_and_argument_errors(loop, run):
             assert await loop.sock_recv(client, 10) == b'kw'
             tr.close()
             await proto.wait_lost()
+    run(main())
+
+
+def test_unix_transport_read_stopped_by_ancillary_data(loop, run):
+    async def main():
+        r, w = os.pipe()
+        c, d = socket.socketpair()
+        try:
+            proto = Recorder(loop)
+            tr = await accept(loop, proto, c)
+            d.sendmsg([b'abc'], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                  array.array('i', [r]))])
+            d.send(b'def')
+            assert await proto.wait_bytes(6) == b'abcdef'
+            tr.close()
+            await proto.wait_lost()
+        finally:
+            d.close()
+            os.close(r)
+            os.close(w)
+    run(main())
+
+
+def test_write_after_connection_lost_never_reaches_a_reused_fd(loop, run):
+    # close() with data queued: the flush ends in connection_lost, which
+    # closes the socket. A later write() must not send on the fd number,
+    # which a new socket may have now (asyncio raises AttributeError).
+    async def main():
+        with tcp_pair() as (client, server):
+            proto = Recorder(loop)
+            tr = await accept(loop, proto, server)
+            tr.set_write_buffer_limits(high=1 << 30)
+            data = payload(8 << 20)
+            tr.write(data)
+            assert tr.get_write_buffer_size() > 0
+            tr.close()
+            got = await read_until_eof(loop, client)
+            assert len(got) == len(data)
+            await proto.wait_lost()
+        pairs = [socket.socketpair() for _ in range(4)]
+        try:
+            for a, _ in pairs:
+                a.setblocking(False)
+            with contextlib.suppress(AttributeError):
+                tr.write(b'LEAKED')
+            await asyncio.sleep(0.05)
+            for a, _ in pairs:
+                with pytest.raises(BlockingIOError):
+                    a.recv(100)
+        finally:
+            for a, b in pairs:
+                a.close()
+                b.close()
     run(main())

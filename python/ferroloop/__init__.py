@@ -41,10 +41,11 @@ from ._ferroloop import (
     TimerHandle,
     __version__,
     _Loop,
-    _sock_accept,
+    _sock_read_call,
     _sock_recv,
     _sock_recv_into,
     _sock_sendall,
+    _sock_write_call,
 )
 from ._transport import _SocketTransport
 
@@ -205,8 +206,35 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
         if self.get_debug() and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
-        r = _sock_accept(self, sock)
+        r = _sock_read_call(self, sock, "accept", ())
+        conn, address = r if r.__class__ is tuple else await r
+        conn.setblocking(False)
+        return conn, address
+
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple[bytes, Any]:
+        _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        r = _sock_read_call(self, sock, "recvfrom", (bufsize,))
         return r if r.__class__ is tuple else await r  # type: ignore[no-any-return]
+
+    async def sock_recvfrom_into(
+        self, sock: socket.socket, buf: Any, nbytes: int = 0
+    ) -> tuple[int, Any]:
+        _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        if not nbytes:
+            nbytes = len(buf)
+        r = _sock_read_call(self, sock, "recvfrom_into", (buf, nbytes))
+        return r if r.__class__ is tuple else await r  # type: ignore[no-any-return]
+
+    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
+        _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        r = _sock_write_call(self, sock, "sendto", (data, address), (data, 0, address))
+        return r if r.__class__ is int else await r  # type: ignore[no-any-return]
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         _base_events._check_ssl_socket(sock)  # type: ignore[attr-defined]

@@ -58,7 +58,8 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(io::sock_ops::_sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(io::sock_ops::_sock_recv_into, m)?)?;
     m.add_function(wrap_pyfunction!(io::sock_ops::_sock_sendall, m)?)?;
-    m.add_function(wrap_pyfunction!(io::sock_ops::_sock_accept, m)?)?;
+    m.add_function(wrap_pyfunction!(io::sock_ops::_sock_read_call, m)?)?;
+    m.add_function(wrap_pyfunction!(io::sock_ops::_sock_write_call, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -490,7 +490,14 @@ pub(crate) fn item_to_handle(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<Py<
         Ready::Stream { stream, write } => {
             let name = if write { "_write_ready" } else { "_read_ready" };
             let cb = stream.bind(py).getattr(name)?.unbind();
-            let ctx = Adopted::adopt_new_context(crate::aio::copy_context(py)?);
+            // The transport's own context (a copy of the one its reader or
+            // writer was added in), as in non-debug mode.
+            let ctx = stream.bind(py).call_method1("_context", (write,))?;
+            let ctx = if ctx.is_none() {
+                Adopted::adopt_new_context(crate::aio::copy_context(py)?)
+            } else {
+                Adopted::shared(ctx.unbind())
+            };
             (cb, PyTuple::empty(py).unbind(), ctx)
         }
         Ready::Sock { watch, write } => {

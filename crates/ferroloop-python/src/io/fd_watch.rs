@@ -33,7 +33,8 @@ use crate::loop_state::{FdWatch, Loop, Ready};
 /// `ferroloop_core::LoopCore::collect`); reports the sides whose handle
 /// was cancelled, for the core to unwatch. An fd whose fired sides are all
 /// stream transports is not re-armed (they are edge-aware), unless the
-/// event says the peer closed (see `ferroloop_core::reactor`).
+/// event says the peer closed (see `ferroloop_core::reactor`) or the
+/// transport asked for level-triggered delivery.
 pub(crate) fn on_ready(
     py: Python<'_>,
     w: &Watcher<FdWatch>,
@@ -41,7 +42,7 @@ pub(crate) fn on_ready(
     ready: &mut ReadyQueue<Ready>,
 ) -> IoOutcome {
     let mut out = IoOutcome {
-        rearm: ev.closed,
+        rearm: false,
         ..IoOutcome::LEVEL
     };
     for (fired, side, is_dead, write) in [
@@ -58,10 +59,18 @@ pub(crate) fn on_ready(
                     ready.push(Ready::Handle(h.clone_ref(py)));
                 }
             }
-            (true, Some(FdWatch::Stream { stream, .. })) => ready.push(Ready::Stream {
-                stream: stream.clone_ref(py),
-                write,
-            }),
+            (true, Some(FdWatch::Stream { stream, level, .. })) => {
+                // Re-armed when the peer closed (its EOF must be reported
+                // again after the data is read), or always for a transport
+                // whose short reads may leave data (`level`).
+                out.rearm |= *level || ev.closed;
+                ready.push(Ready::Stream {
+                    stream: stream.clone_ref(py),
+                    write,
+                });
+            }
+            // Never re-armed: a watch keeps a closed peer's EOF in its hint,
+            // and re-arming a socket at EOF would report it forever.
             (true, Some(FdWatch::Sock { watch, .. })) => {
                 sock_ops::on_event(py, watch, ev, !write, ready);
             }

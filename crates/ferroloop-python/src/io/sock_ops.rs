@@ -1,4 +1,5 @@
-//! Native `sock_recv`, `sock_recv_into`, `sock_accept` and `sock_sendall`: asyncio's
+//! Native `sock_recv`, `sock_recv_into`, `sock_accept`, `sock_sendall`,
+//! `sock_recvfrom`, `sock_recvfrom_into` and `sock_sendto`: asyncio's
 //! semantics (try the socket at once, else wait for readiness; a second
 //! operation of the same kind replaces the first, whose future then never
 //! completes; errors are the socket's `OSError`s), without asyncio's
@@ -12,8 +13,11 @@
 //! - a socket's [`SockWatch`] stays registered, edge-triggered, between
 //!   operations: no `epoll_ctl` per operation;
 //! - the watch knows whether the socket may have data (`read_hint`): false
-//!   after a `recv` would block, or after a short read of a stream socket
-//!   (its queue was drained), true again on its next readiness event. With
+//!   after a `recv` would block, or after a short read of a TCP socket (its
+//!   queue was drained: only the urgent mark of `MSG_OOB` data stops a TCP
+//!   read short with more queued; an AF_UNIX read stops at ancillary data,
+//!   so AF_UNIX and datagram sockets clear it only on `WouldBlock`), true
+//!   again on its next readiness event. With
 //!   no hint, `sock_recv` does not try `recv` and waits for the event;
 //! - reads go through the loop's reusable buffer (`read_buf`) into one
 //!   exact-size `bytes`;
@@ -26,8 +30,12 @@
 //!   watcher replaces it; it holds its socket weakly, and is reused only
 //!   for the same, still-open socket object (a closed socket's fd number
 //!   may come back with another socket: the reactor re-adds a forgotten fd,
-//!   see `ferroloop_core::reactor`).
-//! - The write side is registered only while a send waits.
+//!   see `ferroloop_core::reactor`). A watch whose socket is gone or closed
+//!   when its fd fires drops its operations and leaves the table: they
+//!   never run on another socket that got the number.
+//! - A read registers the reader side, a send the writer side only (as
+//!   asyncio's `_add_reader`/`_add_writer`); the writer side is registered
+//!   only while a send waits.
 //! - `read_hint` is cleared only by this module's own reads, and set by
 //!   every readable event while registered: an edge that arrives after a
 //!   read found the socket empty is never lost. A peer that closed
@@ -42,7 +50,7 @@ use ferroloop_core::{IoOutcome, ReadyQueue};
 use pyo3::exceptions::PyValueError;
 use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyWeakrefReference};
+use pyo3::types::{PyInt, PyString, PyTuple, PyWeakrefReference};
 use pyo3::{intern, PyTraverseError};
 
 use crate::errors::os_error;
@@ -53,9 +61,22 @@ use crate::io::stream::{retry_later, sock_ref};
 use crate::loop_state::{FdWatch, Loop, Ready};
 
 enum ReadOp {
-    Recv { fut: Py<PyAny>, n: usize },
-    RecvInto { fut: Py<PyAny>, buf: Py<PyAny> },
-    Accept { fut: Py<PyAny>, sock: Py<PyAny> },
+    Recv {
+        fut: Py<PyAny>,
+        n: usize,
+    },
+    RecvInto {
+        fut: Py<PyAny>,
+        buf: Py<PyAny>,
+    },
+    /// `sock.<method>(*args)` until it does not block (`accept`,
+    /// `recvfrom`, `recvfrom_into`).
+    Call {
+        fut: Py<PyAny>,
+        sock: Py<PyAny>,
+        method: Py<PyString>,
+        args: Py<PyTuple>,
+    },
 }
 
 /// What one read attempt gave: `(got, asked, result)`, the OS error, or a
@@ -65,9 +86,9 @@ type Attempt<'py> = PyResult<io::Result<(usize, usize, Bound<'py, PyAny>)>>;
 impl ReadOp {
     fn fut(&self) -> &Py<PyAny> {
         match self {
-            ReadOp::Recv { fut, .. }
-            | ReadOp::RecvInto { fut, .. }
-            | ReadOp::Accept { fut, .. } => fut,
+            ReadOp::Recv { fut, .. } | ReadOp::RecvInto { fut, .. } | ReadOp::Call { fut, .. } => {
+                fut
+            }
         }
     }
 
@@ -75,7 +96,9 @@ impl ReadOp {
         match self {
             ReadOp::Recv { n, .. } => try_recv(py, fd, *n),
             ReadOp::RecvInto { buf, .. } => try_recv_into(fd, buf.bind(py)),
-            ReadOp::Accept { sock, .. } => try_accept(sock.bind(py)),
+            ReadOp::Call {
+                sock, method, args, ..
+            } => try_call(sock.bind(py), method.bind(py), args.bind(py)),
         }
     }
 }
@@ -90,16 +113,17 @@ fn try_recv_into<'py>(fd: RawFd, buf: &Bound<'py, PyAny>) -> Attempt<'py> {
     Ok(recv_into(fd, &mut view).map(|got| (got, asked, PyInt::new(buf.py(), got).into_any())))
 }
 
-/// `conn, address = sock.accept(); conn.setblocking(False)`, as asyncio.
-/// A listening socket has no short reads: the hint stays set after one.
-fn try_accept<'py>(sock: &Bound<'py, PyAny>) -> Attempt<'py> {
+/// `sock.<method>(*args)`: its result (the hint stays set: datagrams and
+/// connections have no short reads), `WouldBlock` for the socket module's
+/// `BlockingIOError`/`InterruptedError`, or its error.
+fn try_call<'py>(
+    sock: &Bound<'py, PyAny>,
+    method: &Bound<'py, PyString>,
+    args: &Bound<'py, PyTuple>,
+) -> Attempt<'py> {
     let py = sock.py();
-    match sock.call_method0(intern!(py, "accept")) {
-        Ok(pair) => {
-            pair.get_item(0)?
-                .call_method1(intern!(py, "setblocking"), (false,))?;
-            Ok(Ok((1, 1, pair)))
-        }
+    match sock.call_method1(method, args) {
+        Ok(v) => Ok(Ok((1, 1, v))),
         Err(e)
             if e.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
                 || e.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
@@ -110,10 +134,54 @@ fn try_accept<'py>(sock: &Bound<'py, PyAny>) -> Attempt<'py> {
     }
 }
 
-struct WriteOp {
-    fut: Py<PyAny>,
-    view: BufView,
-    sent: usize,
+enum WriteOp {
+    /// `sock_sendall`: the data and how much of it was sent.
+    SendAll {
+        fut: Py<PyAny>,
+        view: BufView,
+        sent: usize,
+    },
+    /// `sock.<method>(*args)` until it does not block (`sendto`).
+    Call {
+        fut: Py<PyAny>,
+        sock: Py<PyAny>,
+        method: Py<PyString>,
+        args: Py<PyTuple>,
+    },
+}
+
+impl WriteOp {
+    fn fut(&self) -> &Py<PyAny> {
+        match self {
+            WriteOp::SendAll { fut, .. } | WriteOp::Call { fut, .. } => fut,
+        }
+    }
+
+    /// Sends what it can: the result when done, `None` when it would block.
+    fn attempt<'py>(&mut self, py: Python<'py>, fd: RawFd) -> Option<PyResult<Bound<'py, PyAny>>> {
+        match self {
+            WriteOp::SendAll { view, sent, .. } => loop {
+                match send_some(fd, &view.bytes()[*sent..]) {
+                    Ok(n) => {
+                        *sent += n;
+                        if *sent == view.len() {
+                            return Some(Ok(py.None().into_bound(py)));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                    Err(e) => return Some(Err(os_error(e))),
+                }
+            },
+            WriteOp::Call {
+                sock, method, args, ..
+            } => match try_call(sock.bind(py), method.bind(py), args.bind(py)) {
+                Ok(Ok((_, _, v))) => Some(Ok(v)),
+                Ok(Err(_)) => None,
+                Err(e) => Some(Err(e)),
+            },
+        }
+    }
 }
 
 struct SockState {
@@ -163,14 +231,20 @@ impl SockWatch {
         if let Some(op) = &s.read_op {
             visit.call(op.fut())?;
             match op {
-                ReadOp::RecvInto { buf: o, .. } | ReadOp::Accept { sock: o, .. } => {
-                    visit.call(o)?
+                ReadOp::RecvInto { buf, .. } => visit.call(buf)?,
+                ReadOp::Call { sock, args, .. } => {
+                    visit.call(sock)?;
+                    visit.call(args)?;
                 }
                 ReadOp::Recv { .. } => {}
             }
         }
         if let Some(op) = &s.write_op {
-            visit.call(&op.fut)?;
+            visit.call(op.fut())?;
+            if let WriteOp::Call { sock, args, .. } = op {
+                visit.call(sock)?;
+                visit.call(args)?;
+            }
         }
         Ok(())
     }
@@ -226,21 +300,59 @@ pub(crate) fn on_event(
 
 /// The watch of `sock` (fd `fd`) in the loop's table, if it is this
 /// socket's.
-fn find(lp: &Bound<'_, Loop>, sock: &Bound<'_, PyAny>, fd: RawFd) -> Option<Py<SockWatch>> {
+/// The watch of `sock` (fd `fd`) in the loop's table, if it is this
+/// socket's: on the reader side, or for a send (`read == false`) also on
+/// the writer side.
+fn find(
+    lp: &Bound<'_, Loop>,
+    sock: &Bound<'_, PyAny>,
+    fd: RawFd,
+    read: bool,
+) -> Option<Py<SockWatch>> {
     let py = lp.py();
     let found = {
         let s = lp.get().st();
         let w = s.core.io.get_fd(fd)?;
         match (&w.reader, &w.writer) {
-            (Some(FdWatch::Sock { watch, .. }), _) | (_, Some(FdWatch::Sock { watch, .. })) => {
-                watch.clone_ref(py)
-            }
+            (Some(FdWatch::Sock { watch, .. }), _) => watch.clone_ref(py),
+            (_, Some(FdWatch::Sock { watch, .. })) if !read => watch.clone_ref(py),
             _ => return None,
         }
     };
     // SAFETY: FdWatch::Sock holds SockWatch objects only.
     let w = unsafe { found.into_bound(py).cast_into_unchecked::<SockWatch>() };
     w.get().is_for(sock).then(|| w.unbind())
+}
+
+/// Drops the watch `w` of `fd` from the loop's table (both sides where it
+/// is), with its operations: its socket is gone or closed, and the fd
+/// number may name another socket now.
+fn forget(lp: &Bound<'_, Loop>, w: &Bound<'_, SockWatch>, fd: RawFd) {
+    let ops = {
+        let mut s = w.get().st();
+        (s.read_op.take(), s.write_op.take())
+    };
+    drop(ops);
+    let removed = {
+        let mut ls = lp.get().st();
+        let mut removed = Vec::new();
+        for read in [true, false] {
+            let ours = ls.core.io.get_fd(fd).is_some_and(|x| {
+                let side = if read { &x.reader } else { &x.writer };
+                matches!(side, Some(FdWatch::Sock { watch, .. }) if watch.as_ptr() == w.as_ptr())
+            });
+            if ours {
+                let r = if read {
+                    ls.core.remove_reader(fd)
+                } else {
+                    ls.core.remove_writer(fd)
+                };
+                removed.push(r);
+            }
+        }
+        removed
+    };
+    drop(removed);
 }
 
 /// Registers `watch` on one side of `fd` (replacing what was there, as
@@ -285,20 +397,34 @@ fn waiting_watch<'py>(
     sock: &Bound<'py, PyAny>,
     fd: RawFd,
     existing: Option<Py<SockWatch>>,
+    read: bool,
 ) -> PyResult<(Py<SockWatch>, Bound<'py, PyAny>)> {
     let py = lp.py();
     lp.call_method1(intern!(py, "_ensure_fd_no_transport"), (fd,))?;
     let w = match existing {
         Some(w) => w,
         None => {
-            let sock_type: i32 = sock.getattr(intern!(py, "type"))?.extract()?;
+            // Not an int (a stand-in object): treated as a datagram socket,
+            // whose hint only a read that would block clears.
+            let sock_type: i32 = sock
+                .getattr(intern!(py, "type"))
+                .and_then(|t| t.extract())
+                .unwrap_or(0);
+            // AF_UNIX reads stop short at ancillary data with more queued:
+            // there, as for datagrams, only a read that would block clears
+            // the hint.
+            let family: i32 = sock
+                .getattr(intern!(py, "family"))
+                .and_then(|t| t.extract())
+                .unwrap_or(0);
             let w = Py::new(
                 py,
                 SockWatch {
                     st: GilRefCell::new(SockState {
                         fd,
                         sock: PyWeakrefReference::new(sock)?.unbind(),
-                        stream: sock_type == libc_sock_stream(),
+                        stream: sock_type == libc_sock_stream()
+                            && family != i32::from(socket2::Domain::UNIX),
                         read_hint: false,
                         peer_closed: false,
                         read_op: None,
@@ -306,7 +432,9 @@ fn waiting_watch<'py>(
                     }),
                 },
             )?;
-            set_side(lp, fd, Some(&w), true)?;
+            if read {
+                set_side(lp, fd, Some(&w), true)?;
+            }
             w
         }
     };
@@ -357,7 +485,7 @@ fn read_now_or_wait<'py>(
     read: impl FnOnce() -> PyResult<io::Result<(usize, usize, Bound<'py, PyAny>)>>,
     make_op: impl FnOnce(Py<PyAny>) -> ReadOp,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let existing = find(lp, sock, fd);
+    let existing = find(lp, sock, fd, true);
     let hint = existing.as_ref().map_or(true, |w| w.get().st().read_hint);
     if hint {
         match read()? {
@@ -371,7 +499,7 @@ fn read_now_or_wait<'py>(
             Err(e) => return Err(os_error(e)),
         }
     }
-    let (w, fut) = waiting_watch(lp, sock, fd, existing)?;
+    let (w, fut) = waiting_watch(lp, sock, fd, existing, true)?;
     let old = {
         let mut s = w.get().st();
         s.read_hint = false;
@@ -402,24 +530,56 @@ pub(crate) fn _sock_recv_into<'py>(
     )
 }
 
-/// `sock_accept`'s native part: `(conn, address)` when a connection is
-/// waiting, else a future.
+/// `sock_accept`/`sock_recvfrom`/`sock_recvfrom_into`'s native part: the result of
+/// `sock.<method>(*args)` when it does not block, else a future.
 #[pyfunction]
-pub(crate) fn _sock_accept<'py>(
+pub(crate) fn _sock_read_call<'py>(
     lp: &Bound<'py, Loop>,
     sock: &Bound<'py, PyAny>,
+    method: &Bound<'py, PyString>,
+    args: &Bound<'py, PyTuple>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let fd = sock_fd(sock)?;
     read_now_or_wait(
         lp,
         sock,
         fd,
-        || try_accept(sock),
-        |fut| ReadOp::Accept {
+        || try_call(sock, method, args),
+        |fut| ReadOp::Call {
             fut,
             sock: sock.clone().unbind(),
+            method: method.clone().unbind(),
+            args: args.clone().unbind(),
         },
     )
+}
+
+/// `sock_sendto`'s native part: the result of `sock.<method>(*args)` when
+/// it does not block, else a future; `retry_args` are used when it blocked
+/// (asyncio retries `sendto(data, 0, address)`).
+#[pyfunction]
+pub(crate) fn _sock_write_call<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    method: &Bound<'py, PyString>,
+    args: &Bound<'py, PyTuple>,
+    retry_args: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let fd = sock_fd(sock)?;
+    if let Ok((_, _, v)) = try_call(sock, method, args)? {
+        return Ok(v);
+    }
+    let existing = find(lp, sock, fd, false);
+    let (w, fut) = waiting_watch(lp, sock, fd, existing, false)?;
+    let old = w.get().st().write_op.replace(WriteOp::Call {
+        fut: fut.clone().unbind(),
+        sock: sock.clone().unbind(),
+        method: method.clone().unbind(),
+        args: retry_args.clone().unbind(),
+    });
+    drop(old);
+    set_side(lp, fd, Some(&w), false)?;
+    Ok(fut)
 }
 
 fn recv_into(fd: RawFd, view: &mut BufView) -> io::Result<usize> {
@@ -458,9 +618,9 @@ pub(crate) fn _sock_sendall<'py>(
     if sent == view.len() {
         return Ok(py.None().into_bound(py));
     }
-    let existing = find(lp, sock, fd);
-    let (w, fut) = waiting_watch(lp, sock, fd, existing)?;
-    let old = w.get().st().write_op.replace(WriteOp {
+    let existing = find(lp, sock, fd, false);
+    let (w, fut) = waiting_watch(lp, sock, fd, existing, false)?;
+    let old = w.get().st().write_op.replace(WriteOp::SendAll {
         fut: fut.clone().unbind(),
         view,
         sent,
@@ -492,29 +652,35 @@ pub(crate) fn run_ready(
 ) -> PyResult<()> {
     let py = watch.py();
     let w = watch.cast::<SockWatch>()?;
+    let (fd, sock) = {
+        let s = w.get().st();
+        (s.fd, s.sock.clone_ref(py))
+    };
+    let open_fd = match sock.bind(py).upgrade() {
+        Some(so) => so
+            .call_method0(intern!(py, "fileno"))
+            .and_then(|f| f.extract::<RawFd>())
+            .ok(),
+        None => None,
+    };
+    if open_fd != Some(fd) {
+        forget(lp, w, fd);
+        return Ok(());
+    }
     if write {
         let Some(mut op) = w.get().st().write_op.take() else {
             return Ok(());
         };
         let fd = w.get().st().fd;
-        let fut = op.fut.clone_ref(py).into_bound(py);
+        let fut = op.fut().clone_ref(py).into_bound(py);
         let outcome = if is_done(&fut)? {
             None
         } else {
-            loop {
-                match send_some(fd, &op.view.bytes()[op.sent..]) {
-                    Ok(n) => {
-                        op.sent += n;
-                        if op.sent == op.view.len() {
-                            break Some(Ok(py.None().into_bound(py)));
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        w.get().st().write_op = Some(op);
-                        return Ok(()); // the next edge reports the space
-                    }
-                    Err(e) => break Some(Err(os_error(e))),
+            match op.attempt(py, fd) {
+                Some(r) => Some(r),
+                None => {
+                    w.get().st().write_op = Some(op);
+                    return Ok(()); // the next edge reports the space
                 }
             }
         };

@@ -30,7 +30,11 @@
 //! - Edge-aware (`ferroloop_core::reactor`): the fd is not re-armed after an
 //!   event. A read that filled the whole buffer queues the next read itself
 //!   (next iteration: one read per ready transport per iteration, asyncio's
-//!   fairness); a flush writes until `WouldBlock` or an empty queue.
+//!   fairness); a flush writes until `WouldBlock` or an empty queue. TCP
+//!   reads are short only when the queue is drained (or at the urgent mark
+//!   of `MSG_OOB` data, which then waits for the peer's next bytes); AF_UNIX
+//!   reads also stop at ancillary data with more queued, so AF_UNIX
+//!   transports are re-armed after every event (`FdWatch::Stream::level`).
 //! - After `connection_lost` the transport holds no Python object but its
 //!   shell: socket closed, protocol, loop and server released.
 
@@ -112,6 +116,8 @@ struct StreamState {
     write_ctx: Option<Py<PyAny>>,
     empty_waiter: Option<Py<PyAny>>,
     max_size: usize,
+    /// An AF_UNIX socket: delivered level-triggered (`FdWatch::Stream`).
+    level: bool,
 }
 
 /// The native core of a stream transport (see the module docs).
@@ -146,7 +152,7 @@ impl StreamCore {
     /// closed loop raises; removing from one does nothing).
     fn watch(slf: &Bound<'_, StreamCore>, read: bool, on: bool) -> PyResult<()> {
         let py = slf.py();
-        let (lp, fd, sock) = {
+        let (lp, fd, sock, level) = {
             let s = slf.get().st();
             let now = if read { s.reading } else { s.writing };
             let (Some(lp), Some(sock)) = (&s.lp, &s.sock) else {
@@ -155,7 +161,7 @@ impl StreamCore {
             if now == on {
                 return Ok(());
             }
-            (lp.clone_ref(py), s.fd, sock.clone_ref(py))
+            (lp.clone_ref(py), s.fd, sock.clone_ref(py), s.level)
         };
         let ctx = if on {
             Some(crate::aio::copy_context(py)?.unbind())
@@ -176,6 +182,7 @@ impl StreamCore {
                     let w = FdWatch::Stream {
                         stream: slf.clone().into_any().unbind(),
                         fileobj: sock,
+                        level,
                     };
                     if read {
                         ls.core.add_reader(fd, w)
@@ -707,7 +714,10 @@ impl StreamCore {
             if bytes.is_empty() {
                 return Ok(());
             }
-            if s.conn_lost > 0 {
+            if s.conn_lost > 0 || s.sock.is_none() {
+                // (No socket but no loss counted: connection_lost ran after
+                // a flush that followed close(); its fd may be reused.)
+                s.conn_lost = s.conn_lost.max(1);
                 let warn = s.conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES;
                 s.conn_lost += 1;
                 drop(s);
@@ -849,6 +859,11 @@ impl StreamCore {
             return Err(PyValueError::new_err("max_size must be positive"));
         }
         let buffered = protocol.is_instance(imports(py)?.buffered_protocol.bind(py))?;
+        let family: i32 = sock
+            .getattr(intern!(py, "family"))
+            .and_then(|f| f.extract())
+            .unwrap_or(0);
+        let level = family == i32::from(socket2::Domain::UNIX);
         Ok(StreamCore {
             st: GilRefCell::new(StreamState {
                 lp: Some(lp.clone().unbind()),
@@ -871,6 +886,7 @@ impl StreamCore {
                 write_ctx: None,
                 empty_waiter: None,
                 max_size,
+                level,
             }),
         })
     }
@@ -1070,6 +1086,14 @@ impl StreamCore {
     fn _reset_empty_waiter(&self) {
         let old = self.st().empty_waiter.take();
         drop(old);
+    }
+
+    /// The context reads (`write == false`) or flushes run in (debug mode
+    /// runs them through Handles, `crate::future::step`).
+    fn _context(&self, py: Python<'_>, write: bool) -> Option<Py<PyAny>> {
+        let s = self.st();
+        let ctx = if write { &s.write_ctx } else { &s.read_ctx };
+        ctx.as_ref().map(|c| c.clone_ref(py))
     }
 
     /// `(reading, writing)`: is the fd watched for each (for the repr).
