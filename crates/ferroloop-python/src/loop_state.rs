@@ -73,10 +73,6 @@ pub enum FdWatch {
     Stream {
         stream: Py<PyAny>,
         fileobj: Py<PyAny>,
-        /// Re-armed after every event (level-triggered): an AF_UNIX
-        /// stream's read stops short at a message carrying ancillary data
-        /// (SCM_RIGHTS, credentials) with more data queued and no new edge.
-        level: bool,
     },
     /// The `sock_*` operations of a socket (`crate::io::sock_ops`), and
     /// the fd as an int. Edge-aware, and left registered between

@@ -33,8 +33,7 @@ use crate::loop_state::{FdWatch, Loop, Ready};
 /// `ferroloop_core::LoopCore::collect`); reports the sides whose handle
 /// was cancelled, for the core to unwatch. An fd whose fired sides are all
 /// stream transports is not re-armed (they are edge-aware), unless the
-/// event says the peer closed (see `ferroloop_core::reactor`) or the
-/// transport asked for level-triggered delivery.
+/// event says the peer closed (see `ferroloop_core::reactor`).
 pub(crate) fn on_ready(
     py: Python<'_>,
     w: &Watcher<FdWatch>,
@@ -59,11 +58,10 @@ pub(crate) fn on_ready(
                     ready.push(Ready::Handle(h.clone_ref(py)));
                 }
             }
-            (true, Some(FdWatch::Stream { stream, level, .. })) => {
-                // Re-armed when the peer closed (its EOF must be reported
-                // again after the data is read), or always for a transport
-                // whose short reads may leave data (`level`).
-                out.rearm |= *level || ev.closed;
+            (true, Some(FdWatch::Stream { stream, .. })) => {
+                // Re-armed when the peer closed: its EOF must be reported
+                // again after the data is read.
+                out.rearm |= ev.closed;
                 ready.push(Ready::Stream {
                     stream: stream.clone_ref(py),
                     write,

@@ -28,13 +28,15 @@ use crate::gil::GilCell;
 static READ_BUF: GilCell<Vec<MaybeUninit<u8>>> = GilCell::new(Vec::new());
 
 /// `sock.recv(max_size)` on the open socket `fd`, through the reusable
-/// buffer: the bytes received (empty at end of stream), or the OS error
-/// (`WouldBlock` when nothing is ready).
+/// buffer: the bytes received (empty at end of stream), and whether more
+/// may be queued although the read was short (see [`recv_raw`]); or the
+/// OS error (`WouldBlock` when nothing is ready).
 pub(crate) fn recv_bytes(
     py: Python<'_>,
     fd: RawFd,
     max_size: usize,
-) -> io::Result<Bound<'_, PyBytes>> {
+    unix: bool,
+) -> io::Result<(Bound<'_, PyBytes>, bool)> {
     // SAFETY: the GIL is held (we have `py`) and the closure runs no Python
     // code; `fd` stays open for the call (the caller owns the socket).
     unsafe {
@@ -42,12 +44,48 @@ pub(crate) fn recv_bytes(
             if buf.len() < max_size {
                 buf.resize(max_size, MaybeUninit::uninit());
             }
-            let borrowed = BorrowedFd::borrow_raw(fd);
-            let sock = socket2::SockRef::from(&borrowed);
-            let n = sock.recv(&mut buf[..max_size])?;
+            let (n, more) = recv_raw(fd, &mut buf[..max_size], unix)?;
             // recv initialized the first n bytes.
             let got = std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n);
-            Ok(PyBytes::new(py, got))
+            Ok((PyBytes::new(py, got), more))
         })
     }
+}
+
+/// One read from the open socket `fd` into `buf`: the byte count, and
+/// whether the read stopped at ancillary data. With `unix` (an AF_UNIX
+/// stream) it is a `recvmsg` without a control buffer: a read stops after
+/// a message that carried passed fds (or at a change of sender credentials
+/// with `SO_PASSCRED`) although more bytes are queued, and the kernel says
+/// so with `MSG_CTRUNC` (the fds are closed, as `socket.recv` does). A
+/// TCP read is short only when the queue is drained (or at the urgent mark
+/// of `MSG_OOB` data).
+pub(crate) fn recv_raw(
+    fd: RawFd,
+    buf: &mut [MaybeUninit<u8>],
+    unix: bool,
+) -> io::Result<(usize, bool)> {
+    if !unix {
+        // SAFETY: the caller keeps `fd` open for the call.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        return socket2::SockRef::from(&borrowed)
+            .recv(buf)
+            .map(|n| (n, false));
+    }
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: an all-zero msghdr is valid (no name, no control buffer).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    // SAFETY: `msg` points at one iovec covering `buf`, which lives for the
+    // call; recvmsg writes at most `buf.len()` bytes there and fills in
+    // `msg_flags`; the caller keeps `fd` open.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((n as usize, msg.msg_flags & libc::MSG_CTRUNC != 0))
 }

@@ -104,7 +104,7 @@ impl ReadOp {
 }
 
 fn try_recv(py: Python<'_>, fd: RawFd, n: usize) -> Attempt<'_> {
-    Ok(recv_bytes(py, fd, n).map(|b| (b.as_bytes().len(), n, b.into_any())))
+    Ok(recv_bytes(py, fd, n, false).map(|(b, _)| (b.as_bytes().len(), n, b.into_any())))
 }
 
 fn try_recv_into<'py>(fd: RawFd, buf: &Bound<'py, PyAny>) -> Attempt<'py> {

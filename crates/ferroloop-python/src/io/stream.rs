@@ -32,9 +32,9 @@
 //!   (next iteration: one read per ready transport per iteration, asyncio's
 //!   fairness); a flush writes until `WouldBlock` or an empty queue. TCP
 //!   reads are short only when the queue is drained (or at the urgent mark
-//!   of `MSG_OOB` data, which then waits for the peer's next bytes); AF_UNIX
-//!   reads also stop at ancillary data with more queued, so AF_UNIX
-//!   transports are re-armed after every event (`FdWatch::Stream::level`).
+//!   of `MSG_OOB` data, which then waits for the peer's next bytes); an
+//!   AF_UNIX read that stopped at ancillary data with more queued says so
+//!   (`read_buf::recv_raw`) and queues the next read too.
 //! - After `connection_lost` the transport holds no Python object but its
 //!   shell: socket closed, protocol, loop and server released.
 
@@ -52,7 +52,7 @@ use crate::aio::{imports, in_context};
 use crate::errors::{is_exit_exception, os_error};
 use crate::gil::GilRefCell;
 use crate::io::buffer::BufView;
-use crate::io::read_buf::recv_bytes;
+use crate::io::read_buf::{recv_bytes, recv_raw};
 use crate::loop_state::{FdWatch, Loop, Ready};
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
@@ -116,8 +116,8 @@ struct StreamState {
     write_ctx: Option<Py<PyAny>>,
     empty_waiter: Option<Py<PyAny>>,
     max_size: usize,
-    /// An AF_UNIX socket: delivered level-triggered (`FdWatch::Stream`).
-    level: bool,
+    /// An AF_UNIX socket: read with `recvmsg` (`read_buf::recv_raw`).
+    unix: bool,
 }
 
 /// The native core of a stream transport (see the module docs).
@@ -152,7 +152,7 @@ impl StreamCore {
     /// closed loop raises; removing from one does nothing).
     fn watch(slf: &Bound<'_, StreamCore>, read: bool, on: bool) -> PyResult<()> {
         let py = slf.py();
-        let (lp, fd, sock, level) = {
+        let (lp, fd, sock) = {
             let s = slf.get().st();
             let now = if read { s.reading } else { s.writing };
             let (Some(lp), Some(sock)) = (&s.lp, &s.sock) else {
@@ -161,7 +161,7 @@ impl StreamCore {
             if now == on {
                 return Ok(());
             }
-            (lp.clone_ref(py), s.fd, sock.clone_ref(py), s.level)
+            (lp.clone_ref(py), s.fd, sock.clone_ref(py))
         };
         let ctx = if on {
             Some(crate::aio::copy_context(py)?.unbind())
@@ -182,7 +182,6 @@ impl StreamCore {
                     let w = FdWatch::Stream {
                         stream: slf.clone().into_any().unbind(),
                         fileobj: sock,
-                        level,
                     };
                     if read {
                         ls.core.add_reader(fd, w)
@@ -355,19 +354,19 @@ impl StreamCore {
     /// The fd is readable (asyncio's `_read_ready`).
     pub(crate) fn read_ready(slf: &Bound<'_, StreamCore>) -> PyResult<()> {
         let py = slf.py();
-        let (fd, buffered, protocol, max) = {
+        let (fd, buffered, protocol, max, unix) = {
             let s = slf.get().st();
             let Some(p) = &s.protocol else { return Ok(()) };
             if s.conn_lost > 0 || !s.reading {
                 return Ok(());
             }
-            (s.fd, s.buffered, p.clone_ref(py), s.max_size)
+            (s.fd, s.buffered, p.clone_ref(py), s.max_size, s.unix)
         };
         let protocol = protocol.bind(py);
         if buffered {
-            return Self::read_into_protocol_buffer(slf, fd, protocol);
+            return Self::read_into_protocol_buffer(slf, fd, protocol, unix);
         }
-        let data = match recv_bytes(py, fd, max) {
+        let (data, more) = match recv_bytes(py, fd, max, unix) {
             Ok(d) => d,
             Err(e) => return Self::read_failed(slf, e),
         };
@@ -376,7 +375,7 @@ impl StreamCore {
             slf,
             protocol,
             n,
-            max,
+            more || n == max,
             "Fatal error: protocol.data_received() call failed.",
             || protocol.call_method1(intern!(py, "data_received"), (data,)),
         )
@@ -395,13 +394,14 @@ impl StreamCore {
         )
     }
 
-    /// After a read of `n` bytes into `capacity`: EOF, or the protocol's
-    /// callback (`deliver`), then another read if the buffer filled up.
+    /// After a read of `n` bytes: EOF, or the protocol's callback
+    /// (`deliver`), then another read if more may be queued (`more`: the
+    /// buffer filled up, or the read stopped at ancillary data).
     fn after_read<'py>(
         slf: &Bound<'py, StreamCore>,
         protocol: &Bound<'py, PyAny>,
         n: usize,
-        capacity: usize,
+        more: bool,
         message: &str,
         deliver: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
     ) -> PyResult<()> {
@@ -411,7 +411,7 @@ impl StreamCore {
         if let Err(e) = deliver() {
             return Self::protocol_failed(slf, e, message);
         }
-        if n == capacity {
+        if more {
             Self::read_again(slf);
         }
         Ok(())
@@ -421,6 +421,7 @@ impl StreamCore {
         slf: &Bound<'_, StreamCore>,
         fd: RawFd,
         protocol: &Bound<'_, PyAny>,
+        unix: bool,
     ) -> PyResult<()> {
         let py = slf.py();
         let buf = protocol
@@ -446,18 +447,17 @@ impl StreamCore {
         };
         let got = BufView::get(&buf, true).map(|mut view| {
             let size = view.len();
-            // SAFETY: the fd is open: the transport owns the socket until
-            // connection_lost, and reads stop before that.
-            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
             let out = view.bytes_mut();
             // SAFETY: u8 -> MaybeUninit<u8> has the same layout; recv only writes.
             let out = unsafe {
                 &mut *(std::ptr::from_mut::<[u8]>(out) as *mut [std::mem::MaybeUninit<u8>])
             };
-            (sock_ref(&fd).recv(out), size)
+            // The fd is open: the transport owns the socket until
+            // connection_lost, and reads stop before that.
+            (recv_raw(fd, out, unix), size)
         });
-        let (n, size) = match got {
-            Ok((Ok(n), size)) => (n, size),
+        let (n, more) = match got {
+            Ok((Ok((n, more)), size)) => (n, more || n == size),
             Ok((Err(e), _)) => return Self::read_failed(slf, e),
             Err(e) => return Self::protocol_failed(slf, e, "Fatal read error on socket transport"),
         };
@@ -465,7 +465,7 @@ impl StreamCore {
             slf,
             protocol,
             n,
-            size,
+            more,
             "Fatal error: protocol.buffer_updated() call failed.",
             || protocol.call_method1(intern!(py, "buffer_updated"), (n,)),
         )
@@ -863,7 +863,7 @@ impl StreamCore {
             .getattr(intern!(py, "family"))
             .and_then(|f| f.extract())
             .unwrap_or(0);
-        let level = family == i32::from(socket2::Domain::UNIX);
+        let unix = family == i32::from(socket2::Domain::UNIX);
         Ok(StreamCore {
             st: GilRefCell::new(StreamState {
                 lp: Some(lp.clone().unbind()),
@@ -886,7 +886,7 @@ impl StreamCore {
                 write_ctx: None,
                 empty_waiter: None,
                 max_size,
-                level,
+                unix,
             }),
         })
     }
