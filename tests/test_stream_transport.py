@@ -351,3 +351,25 @@ def test_write_after_connection_lost_never_reaches_a_reused_fd(loop, run):
                 a.close()
                 b.close()
     run(main())
+
+
+def test_write_buffer_limits_accept_any_numbers(loop, run):
+    async def main():
+        with tcp_pair() as (client, server):
+            proto = Recorder(loop)
+            tr = await accept(loop, proto, server)
+            tr.set_write_buffer_limits(high=100.0)
+            assert tr.get_write_buffer_limits() == (25.0, 100.0)
+            tr.set_write_buffer_limits(high=float('inf'), low=10.5)
+            assert tr.get_write_buffer_limits() == (10.5, float('inf'))
+            with pytest.raises(ValueError, match=r'high \(1\) must be >= low \(2\)'):
+                tr.set_write_buffer_limits(high=1, low=2)
+            tr.set_write_buffer_limits(high=10.5, low=2)
+            tr.pause_reading()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            while not proto.events.count('pause_writing'):
+                tr.write(b'x' * 65536)
+            assert tr.get_write_buffer_size() > 10
+            tr.abort()
+            await proto.wait_lost()
+    run(main())

@@ -12,6 +12,7 @@ the socket; the rest forward through ordinary methods.
 
 from __future__ import annotations
 
+import math
 import socket
 import sys
 import warnings
@@ -32,6 +33,11 @@ _HOT_METHODS = (
 )
 
 _ATTACH_WITH_TRANSPORT = sys.version_info >= (3, 12)
+
+
+def _byte_count(limit: Any) -> int:
+    """A water mark as a whole number of bytes (infinite: the largest)."""
+    return math.floor(min(limit, 1 << 62))
 
 
 class _SocketTransport(transports._FlowControlMixin):  # type: ignore[misc,name-defined]
@@ -178,11 +184,23 @@ class _SocketTransport(transports._FlowControlMixin):  # type: ignore[misc,name-
     def get_write_buffer_size(self) -> int:
         return self._core.get_write_buffer_size()  # type: ignore[union-attr]
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
+    def get_write_buffer_limits(self) -> tuple[Any, Any]:
+        limits = self.__dict__.get("_limits")
+        if limits is not None:
+            return limits  # type: ignore[no-any-return]
         return self._core.get_write_buffer_limits()  # type: ignore[union-attr]
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._core.set_write_buffer_limits(high, low)  # type: ignore[union-attr]
+    def set_write_buffer_limits(self, high: Any = None, low: Any = None) -> None:
+        # asyncio's arithmetic and message, on any numbers (floats too); the
+        # core compares whole byte counts, which floor() keeps exact.
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._limits = (low, high)
+        self._core.set_write_buffer_limits(_byte_count(high), _byte_count(low))  # type: ignore[union-attr]
 
     # -- what asyncio's loop code calls (sendfile, errors) ------------------
     def _make_empty_waiter(self) -> Any:
