@@ -45,12 +45,14 @@ impl BufView {
         unsafe { std::slice::from_raw_parts(self.view.buf.cast::<u8>(), self.len()) }
     }
 
-    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+    /// The view's bytes as a destination for a read (`recv` only writes).
+    pub(crate) fn bytes_mut(&mut self) -> &mut [std::mem::MaybeUninit<u8>] {
         if self.len() == 0 {
             return &mut [];
         }
-        // SAFETY: a writable contiguous view (PyBUF_WRITABLE) of `len` bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.view.buf.cast::<u8>(), self.len()) }
+        // SAFETY: a writable contiguous view (PyBUF_WRITABLE) of `len` bytes;
+        // MaybeUninit<u8> has u8's layout.
+        unsafe { std::slice::from_raw_parts_mut(self.view.buf.cast(), self.len()) }
     }
 }
 

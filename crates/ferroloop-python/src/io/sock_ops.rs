@@ -56,7 +56,7 @@ use pyo3::{intern, PyTraverseError};
 use crate::errors::os_error;
 use crate::gil::GilRefCell;
 use crate::io::buffer::BufView;
-use crate::io::read_buf::recv_bytes;
+use crate::io::read_buf::{recv_bytes, recv_raw};
 use crate::io::stream::{retry_later, sock_ref};
 use crate::loop_state::{FdWatch, Loop, Ready};
 
@@ -423,7 +423,7 @@ fn waiting_watch<'py>(
                     st: GilRefCell::new(SockState {
                         fd,
                         sock: PyWeakrefReference::new(sock)?.unbind(),
-                        stream: sock_type == libc_sock_stream()
+                        stream: sock_type == i32::from(socket2::Type::STREAM)
                             && family != i32::from(socket2::Domain::UNIX),
                         read_hint: false,
                         peer_closed: false,
@@ -440,11 +440,6 @@ fn waiting_watch<'py>(
     };
     let fut = lp.call_method0(intern!(py, "create_future"))?;
     Ok((w, fut))
-}
-
-fn libc_sock_stream() -> i32 {
-    // socket.SOCK_STREAM (1 on Linux and the BSDs).
-    1
 }
 
 fn sock_fd(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
@@ -569,28 +564,18 @@ pub(crate) fn _sock_write_call<'py>(
     if let Ok((_, _, v)) = try_call(sock, method, args)? {
         return Ok(v);
     }
-    let existing = find(lp, sock, fd, false);
-    let (w, fut) = waiting_watch(lp, sock, fd, existing, false)?;
-    let old = w.get().st().write_op.replace(WriteOp::Call {
-        fut: fut.clone().unbind(),
+    wait_to_send(lp, sock, fd, |fut| WriteOp::Call {
+        fut,
         sock: sock.clone().unbind(),
         method: method.clone().unbind(),
         args: retry_args.clone().unbind(),
-    });
-    drop(old);
-    set_side(lp, fd, Some(&w), false)?;
-    Ok(fut)
+    })
 }
 
 fn recv_into(fd: RawFd, view: &mut BufView) -> io::Result<usize> {
-    // SAFETY: the caller's socket is open for the call (its fileno() was
-    // just read, or its watch is registered, which a close would end).
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    let out = view.bytes_mut();
-    // SAFETY: u8 -> MaybeUninit<u8> has the same layout; recv only writes.
-    let out =
-        unsafe { &mut *(std::ptr::from_mut::<[u8]>(out) as *mut [std::mem::MaybeUninit<u8>]) };
-    sock_ref(&fd).recv(out)
+    // The caller's socket is open for the call (its fileno() was just read,
+    // or its watch was found alive).
+    recv_raw(fd, view.bytes_mut(), false).map(|(n, _)| n)
 }
 
 fn send_some(fd: RawFd, bytes: &[u8]) -> io::Result<usize> {
@@ -618,13 +603,20 @@ pub(crate) fn _sock_sendall<'py>(
     if sent == view.len() {
         return Ok(py.None().into_bound(py));
     }
+    wait_to_send(lp, sock, fd, |fut| WriteOp::SendAll { fut, view, sent })
+}
+
+/// A send that would block: `make_op`'s operation waits on the socket's
+/// watch, whose writer side is registered until it completes.
+fn wait_to_send<'py>(
+    lp: &Bound<'py, Loop>,
+    sock: &Bound<'py, PyAny>,
+    fd: RawFd,
+    make_op: impl FnOnce(Py<PyAny>) -> WriteOp,
+) -> PyResult<Bound<'py, PyAny>> {
     let existing = find(lp, sock, fd, false);
     let (w, fut) = waiting_watch(lp, sock, fd, existing, false)?;
-    let old = w.get().st().write_op.replace(WriteOp::SendAll {
-        fut: fut.clone().unbind(),
-        view,
-        sent,
-    });
+    let old = w.get().st().write_op.replace(make_op(fut.clone().unbind()));
     drop(old);
     set_side(lp, fd, Some(&w), false)?;
     Ok(fut)

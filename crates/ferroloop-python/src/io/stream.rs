@@ -447,14 +447,9 @@ impl StreamCore {
         };
         let got = BufView::get(&buf, true).map(|mut view| {
             let size = view.len();
-            let out = view.bytes_mut();
-            // SAFETY: u8 -> MaybeUninit<u8> has the same layout; recv only writes.
-            let out = unsafe {
-                &mut *(std::ptr::from_mut::<[u8]>(out) as *mut [std::mem::MaybeUninit<u8>])
-            };
             // The fd is open: the transport owns the socket until
             // connection_lost, and reads stop before that.
-            (recv_raw(fd, out, unix), size)
+            (recv_raw(fd, view.bytes_mut(), unix), size)
         });
         let (n, more) = match got {
             Ok((Ok((n, more)), size)) => (n, more || n == size),
