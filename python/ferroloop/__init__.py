@@ -12,10 +12,12 @@ rather than scheduling (exception handler, executors, async-generator hooks,
 ``run_until_complete``), reusing asyncio's own implementations of them where
 they only read public loop state, so behaviour and messages stay asyncio's.
 
-I/O (sockets, transports, servers, DNS, sendfile, UDP, pipes, TLS,
-signals, subprocesses) is asyncio's Unix selector-loop code running on
-ferroloop's native fd watches: see ``_adopt_asyncio_io`` below for the rule
-that decides what is taken.
+I/O that is not native yet (servers' accept loop, UDP, pipes, TLS,
+signals, the subprocess transport) is asyncio's Unix selector-loop code
+running on ferroloop's native fd watches: see ``_adopt_asyncio_io`` below
+for the rule that decides what is taken.  Stream transports and ``sock_*``
+are native (``_transport.py``, ``io/``); children are reaped through pidfds
+instead of a child watcher (``_children.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from asyncio import unix_events as _unix_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from ._children import close_child_watches as _close_child_watches
+from ._children import make_subprocess_transport as _make_subprocess_transport
+from ._datagram import make_datagram_transport as _make_datagram_transport
 from ._ferroloop import (
     Future,
     Handle,
@@ -93,6 +98,8 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         self._signal_handlers: dict[int, Any] = {}
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
+        # Children being waited for: pidfd -> (pid, transport); _children.py.
+        self._child_pidfds: dict[int, tuple[int, Any]] = {}
         self.set_debug(_coroutines._is_debug_mode())
 
     # -- state asyncio's helpers read ----------------------------------------
@@ -152,6 +159,7 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
             _base_events.logger.debug("Close %r", self)
         self._close_self_pipe()
         self._close()
+        _close_child_watches(self)  # after: a waiting thread sees a closed loop
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -183,6 +191,12 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
     ) -> _SocketTransport:
         self._ensure_fd_no_transport(sock)
         return _SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    # -- datagrams: asyncio's transport with a native data path (_datagram.py)
+    _make_datagram_transport = _make_datagram_transport
+
+    # -- subprocesses: reaped through pidfds, no child watcher (_children.py) --
+    _make_subprocess_transport = _make_subprocess_transport
 
     # -- sock_* (native: ferroloop-python's io/sock_ops.rs) ---------------------
     # asyncio's coroutines, their checks first (at await time, as asyncio's);
@@ -380,8 +394,9 @@ def new_event_loop(*, native_tasks: bool = True) -> Loop:
 
 
 class EventLoopPolicy(_unix_events.DefaultEventLoopPolicy):  # type: ignore[misc,valid-type]
-    """asyncio's default (Unix) policy, creating ferroloop loops (its child
-    watcher serves subprocesses on 3.11, as with asyncio's own loop).
+    """asyncio's default (Unix) policy, creating ferroloop loops.  Its child
+    watcher is not used by them: a ferroloop loop reaps its own children
+    through pidfds (``_children.py``).
 
     As with the standard policy (and unlike uvloop's), ``get_event_loop()``
     called in the main thread with no loop set creates and sets one.

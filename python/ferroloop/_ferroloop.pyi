@@ -21,6 +21,7 @@ __all__ = [
     "task_wakeup",
     "__version__",
     "_StreamCore",
+    "_DatagramCore",
     "_SockWatch",
     "_sock_recv",
     "_sock_recv_into",
@@ -226,6 +227,23 @@ class _Loop:
     def _clock_resolution(self) -> float: ...
     @property
     def _stopping(self) -> bool: ...
+
+@final
+class _DatagramCore:
+    def __new__(
+        cls,
+        lp: _Loop,
+        transport: Any,
+        sock: Any,
+        connected: bool,
+        asyncio_sendto: Any,
+    ) -> _DatagramCore: ...
+    def sendto(self, data: Any, addr: Any = None) -> None: ...
+    def _start_reading(self) -> None: ...
+    def _detach(self) -> None: ...
+    def _read_ready(self) -> None: ...
+    def _context(self, write: bool) -> Any: ...
+    def is_reading(self) -> bool: ...
 
 @final
 class _StreamCore:

@@ -55,3 +55,15 @@ pub fn os_error(e: std::io::Error) -> PyErr {
     };
     PyOSError::new_err((errno, strerror))
 }
+
+/// A Rust panic caught at the Python boundary (`std::panic::catch_unwind`)
+/// as a `PanicException` with the panic's message (`what` when it has
+/// none), for the loop to report: a panic never aborts the interpreter.
+pub fn panic_error(payload: Box<dyn std::any::Any + Send>, what: &str) -> PyErr {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| what.to_string());
+    pyo3::panic::PanicException::new_err(msg)
+}

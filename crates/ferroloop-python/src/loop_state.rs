@@ -49,9 +49,10 @@ pub enum Ready {
     /// `task.__wakeup(fut)` in the task's context. `task` is a native task
     /// (see the module docs).
     Wakeup { task: Py<PyAny>, fut: Py<PyAny> },
-    /// A stream transport's fd is ready: `stream` (a `crate::io::stream`
-    /// transport, held as `Py<PyAny>`: that module sits above this one)
-    /// reads (`write == false`) or flushes its write queue.
+    /// A native transport's fd is ready: `stream` (a `crate::io::stream`
+    /// transport or a `crate::io::datagram` core, held as `Py<PyAny>`: those
+    /// modules sit above this one) reads (`write == false`) or flushes its
+    /// write queue.
     Stream { stream: Py<PyAny>, write: bool },
     /// A pending `sock_*` operation's fd is ready: `watch` (a
     /// `crate::io::sock_ops` watch, held as `Py<PyAny>` like `stream`)
@@ -68,8 +69,9 @@ pub enum FdWatch {
         handle: Py<Handle>,
         fileobj: Py<PyAny>,
     },
-    /// A native stream transport (`crate::io::stream`) owning the fd, and
-    /// its socket object. Edge-aware: see `ferroloop_core::reactor`.
+    /// A native transport owning the fd (`crate::io::stream`, or the
+    /// reader of a `crate::io::datagram` core), and its socket object.
+    /// Edge-aware: see `ferroloop_core::reactor`.
     Stream {
         stream: Py<PyAny>,
         fileobj: Py<PyAny>,

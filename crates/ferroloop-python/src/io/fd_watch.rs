@@ -26,6 +26,7 @@ use pyo3::types::{PyInt, PyTuple};
 
 use crate::errors::os_error;
 use crate::handle::{self, Handle};
+use crate::io::datagram::DatagramCore;
 use crate::io::sock_ops;
 use crate::loop_state::{FdWatch, Loop, Ready};
 
@@ -186,7 +187,12 @@ impl Loop {
                 h.get().do_cancel(py, h.bind(py).as_any())?;
                 Ok(true)
             }
-            Some(FdWatch::Stream { .. }) => Ok(true),
+            Some(FdWatch::Stream { stream, .. }) => {
+                if let Ok(d) = stream.bind(py).cast::<DatagramCore>() {
+                    d.get().reader_removed();
+                }
+                Ok(true)
+            }
             // asyncio removes its reader when a sock_* operation ends:
             // nothing of it is left for remove_reader/remove_writer to find.
             Some(FdWatch::Sock { .. }) => Ok(false),

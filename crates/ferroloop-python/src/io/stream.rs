@@ -1128,12 +1128,19 @@ impl StreamCore {
     }
 }
 
-/// Runs a ready item of a stream transport (`crate::event_loop`): a read
-/// or a flush. A Rust panic becomes a Python exception for the caller to
-/// report, never an abort.
+/// Runs a ready item of a native transport (`crate::event_loop`): a read
+/// or a flush of a stream, a read batch of a datagram transport
+/// (`crate::io::datagram`). A Rust panic becomes a Python exception for
+/// the caller to report, never an abort.
 pub(crate) fn run_ready(stream: &Bound<'_, PyAny>, write: bool) -> PyResult<()> {
     let py = stream.py();
-    let stream = stream.cast::<StreamCore>()?;
+    let stream = match stream.cast::<StreamCore>() {
+        Ok(s) => s,
+        Err(e) => match stream.cast::<crate::io::datagram::DatagramCore>() {
+            Ok(d) => return crate::io::datagram::run_ready(d),
+            Err(_) => return Err(e.into()),
+        },
+    };
     let ctx = {
         let s = stream.get().st();
         let ctx = if write { &s.write_ctx } else { &s.read_ctx };
@@ -1152,11 +1159,9 @@ pub(crate) fn run_ready(stream: &Bound<'_, PyAny>, write: bool) -> PyResult<()> 
         })
     }));
     r.unwrap_or_else(|panic| {
-        let msg = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic in a stream transport".to_string());
-        Err(pyo3::panic::PanicException::new_err(msg))
+        Err(crate::errors::panic_error(
+            panic,
+            "panic in a stream transport",
+        ))
     })
 }
