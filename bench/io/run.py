@@ -7,7 +7,9 @@
 
 Echo cells: (kind, message size, transport), kind in protocol / streams /
 buffered / sock (bench/io/servers.py), size in 1 KiB / 10 KiB / 100 KiB,
-transport TCP on 127.0.0.1 or a Unix socket in a temp dir. Every measurement
+transport TCP on 127.0.0.1 or a Unix socket in a temp dir; plus the datagram
+kind (a DatagramProtocol echoing with sendto) over UDP on 127.0.0.1, one
+datagram per message (1 KiB and 10 KiB). Every measurement
 is a FRESH server process (`servers.py KIND LOOP`), driven by the compiled
 ping-pong client (bench/io/echo-client: one epoll thread, --conns
 connections, each sends one message and waits for the whole echo, checked
@@ -29,6 +31,11 @@ reads /proc/stat, and CPU time spent by anything other than the server and
 the client ("rest of the machine") is reported per run; a run where it
 exceeds --max-other cores is measured again (--retries, within a budget of a
 quarter of the runs) and the quietest attempt is kept.
+
+Subprocesses: bench/io/spawn.py on each loop spawns `true` with
+create_subprocess_exec and awaits it, one after another, for the window:
+processes/s, and processes per CPU-second of the spawning process (its
+children's CPU, the same `true` everywhere, is not in it).
 
 HTTP: uvicorn (httptools, no access log) with a hello-world ASGI app on each
 loop, driven by `wrk -t1 -c50` (a 1 s wrk warm-up, then the measured run),
@@ -64,6 +71,7 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 ROOT = BENCH.parent
 SERVERS = HERE / "servers.py"
+SPAWN = HERE / "spawn.py"
 
 # bench/run.py's loop check and machine description (loaded by path: this file is also "run.py").
 _spec = importlib.util.spec_from_file_location("_bench_run", BENCH / "run.py")
@@ -74,17 +82,26 @@ machine = _bench_run.machine
 fmt_load = _bench_run.fmt_load
 
 LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
-KINDS = ("protocol", "streams", "buffered", "sock")
+KINDS = ("protocol", "streams", "buffered", "sock", "datagram")
 SIZES = (1024, 10 * 1024, 100 * 1024)
-TRANSPORTS = ("tcp", "unix")
+TRANSPORTS = ("tcp", "unix", "udp")
+MAX_DATAGRAM = 65507  # UDP over IPv4: larger sizes have no udp cell
 BASE = "uvloop"  # ratios are to this loop
 FLOOR = "floor"
 # --quick: every kind, 1 KiB and 100 KiB over TCP, 1 KiB over Unix.
+def cell_ok(kind: str, size: int, transport: str) -> bool:
+    """The datagram kind runs over UDP only, and the stream kinds never do."""
+    if transport == "udp":
+        return kind == "datagram" and size <= MAX_DATAGRAM
+    return kind != "datagram"
+
+
 QUICK_CELLS = [
     (k, s, t)
-    for t, sizes in (("tcp", (1024, 100 * 1024)), ("unix", (1024,)))
+    for t, sizes in (("tcp", (1024, 100 * 1024)), ("unix", (1024,)), ("udp", (1024,)))
     for s in sizes
     for k in KINDS
+    if cell_ok(k, s, t)
 ]
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -317,6 +334,33 @@ def measure_http(server_cmd: list[str], wrk: str, duration: int, conns: int) -> 
         srv.kill()
 
 
+def measure_spawn(python: str, loop: str, warmup: float, duration: float) -> dict:
+    """bench/io/spawn.py on `loop`: processes spawned and awaited one after
+    another, with the CPU of the spawning process over the measured part."""
+    busy0, t0 = machine_busy(), time.monotonic()
+    p = subprocess.run(
+        [python, str(SPAWN), loop, "--warmup", str(warmup), "--duration", str(duration)],
+        capture_output=True,
+        text=True,
+        timeout=60 + warmup + duration,
+    )
+    wall, busy1 = time.monotonic() - t0, machine_busy()
+    if p.returncode != 0:
+        msg = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}"
+        raise Failed(msg, unsupported="NotImplementedError" in p.stderr)
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    r["msgs_per_sec"] = r["messages"] / r["seconds"]
+    r["client_cpu_s"] = r["children_cpu_s"]  # the children take the client's place
+    r["client_cpu_share"] = r["children_cpu_s"] / r["seconds"]
+    r["client_sys_s"] = 0.0
+    # Over the whole run (start-up included): what else used the CPU meanwhile.
+    r["other_cpu_share"] = max(
+        0.0, (busy1 - busy0) / wall - (r["server_cpu_s"] + r["children_cpu_s"]) / r["seconds"]
+    )
+    r["p50_us"] = r["p99_us"] = None
+    return r
+
+
 def build_client() -> tuple[str, str]:
     """Builds bench/io/echo-client (a no-op when up to date); paths of its two binaries."""
     target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
@@ -387,7 +431,7 @@ def main() -> int:
     ap.add_argument("--http-conns", type=int, default=50, help="wrk connections (-c)")
     ap.add_argument("--kinds", default=None, help="comma-separated subset of " + ",".join(KINDS))
     ap.add_argument("--sizes", default=None, help="comma-separated message sizes in bytes")
-    ap.add_argument("--transports", default=None, help="comma-separated subset of tcp,unix")
+    ap.add_argument("--transports", default=None, help="comma-separated subset of tcp,unix,udp")
     ap.add_argument(
         "--loops", default=",".join(LOOPS), help="comma-separated subset of " + ",".join(LOOPS)
     )
@@ -408,6 +452,9 @@ def main() -> int:
     ap.add_argument("--no-http", action="store_true", help="skip uvicorn + wrk")
     ap.add_argument("--no-floor", action="store_true", help="skip the Rust floor server")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/io/results.md")
+    ap.add_argument(
+        "--no-spawn", action="store_true", help="skip the subprocess spawn-and-wait cell"
+    )
     args = ap.parse_args()
 
     python = sys.executable
@@ -426,7 +473,9 @@ def main() -> int:
     if args.quick and not (args.kinds or args.sizes or args.transports):
         cells = list(QUICK_CELLS)
     else:
-        cells = [(k, s, t) for t in transports for s in sizes for k in kinds]
+        cells = [
+            (k, s, t) for t in transports for s in sizes for k in kinds if cell_ok(k, s, t)
+        ]
     if args.no_echo:
         cells = []
     groups = list(dict.fromkeys((s, t) for _, s, t in cells))  # (size, transport) in order
@@ -445,7 +494,11 @@ def main() -> int:
     client, floor_bin = build_client()
 
     tmp = Path(tempfile.mkdtemp(prefix="ferroloop-bench-io-"))
-    addr_of = {"tcp": "tcp:127.0.0.1:0", "unix": f"unix:{tmp / 'echo.sock'}"}
+    addr_of = {
+        "tcp": "tcp:127.0.0.1:0",
+        "unix": f"unix:{tmp / 'echo.sock'}",
+        "udp": "udp:127.0.0.1:0",
+    }
     # results[(cell, loop)] -> list of per-run dicts; cell = (kind, size, transport) or ("http", 0, "tcp")
     results: dict[tuple, list[dict]] = {}
     errors: dict[tuple, Failed] = {}
@@ -459,11 +512,14 @@ def main() -> int:
         )
     per_round = len(cells) * len(loops) + (0 if args.no_floor else len(groups))
     per_round += len(loops) if do_http else 0
+    do_spawn = not args.no_spawn
+    per_round += len(loops) if do_spawn else 0
     total = rounds * per_round
     est = rounds * (
         (len(cells) * len(loops) + (0 if args.no_floor else len(groups)))
         * (duration + args.warmup + 0.15)
         + (len(loops) * (http_duration + 2.5) if do_http else 0)
+        + (len(loops) * (duration + args.warmup + 0.5) if do_spawn else 0)
     )
     print(
         f"bench-io: {rounds} rounds x {per_round} runs, {duration:g} s windows, "
@@ -481,7 +537,9 @@ def main() -> int:
         if key in errors:
             return
         kind, size, transport = cell
-        if kind == "http":
+        if kind == "spawn":
+            cmd = []
+        elif kind == "http":
             cmd = [python, str(SERVERS), "uvicorn", loop, "--addr", addr_of["tcp"]]
         elif loop == FLOOR:
             cmd = [floor_bin, "--addr", addr_of[transport], "--max-seconds", life]
@@ -498,7 +556,9 @@ def main() -> int:
                 retried[0] += 1
                 time.sleep(1.0)
             try:
-                if kind == "http":
+                if kind == "spawn":
+                    r = measure_spawn(python, loop, args.warmup, duration)
+                elif kind == "http":
                     r = measure_http(cmd, wrk, http_duration, args.http_conns)  # type: ignore[arg-type]
                 else:
                     r = measure_echo(cmd, client, size, args.conns, args.warmup, duration)
@@ -528,6 +588,9 @@ def main() -> int:
             if do_http:
                 for loop in order:
                     run_one(("http", 0, "tcp"), loop)
+            if do_spawn:
+                for loop in order:
+                    run_one(("spawn", 0, "-"), loop)
             print(
                 f"  round {rnd + 1}/{rounds} done ({(rnd + 1) * per_round}/{total} runs, "
                 f"{time.monotonic() - t_start:.0f}s)",
@@ -597,6 +660,23 @@ def main() -> int:
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines)
 
+    def spawn_table() -> str:
+        cell = ("spawn", 0, "-")
+        hdr = ["create_subprocess_exec('true') + wait()", *LOOPS]
+        hdr += [f"{x}/{BASE}" for x in others]
+        lines = [
+            "| " + " | ".join(hdr) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|",
+        ]
+        for what, label in (
+            ("rps", "processes/s"),
+            ("eff", "processes per parent CPU-second"),
+        ):
+            row = [label, *[cell_text(cell, x, what) for x in LOOPS]]
+            row += [fmt_r(med(cell, x, what), med(cell, BASE, what)) for x in others]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines)
+
     parts = []
     if cells:
         parts += [
@@ -611,6 +691,11 @@ def main() -> int:
             f"(median of {rounds} rounds)",
             http_table(),
         ]
+    if do_spawn:
+        parts += [
+            f"### Subprocesses: spawn and wait, one at a time (median of {rounds} rounds)",
+            spawn_table(),
+        ]
 
     # Who is the bottleneck: the server's CPU use during the window, and the client's
     # (over the runs with a quiet machine: on a busy one, client and server share a core).
@@ -623,9 +708,11 @@ def main() -> int:
         return [(c, lp, r) for (c, lp), v in results.items() if pred(c, lp) for r in quiet(v)]
 
     def name_of(cell: tuple) -> str:
-        return "uvicorn" if cell[0] == "http" else f"{cell[0]}/{fmt_size(cell[1])}/{cell[2]}"
+        if cell[0] in ("http", "spawn"):
+            return "uvicorn" if cell[0] == "http" else "spawn"
+        return f"{cell[0]}/{fmt_size(cell[1])}/{cell[2]}"
 
-    py = runs_of(lambda c, lp: c[0] != "http" and lp != FLOOR)
+    py = runs_of(lambda c, lp: c[0] not in ("http", "spawn") and lp != FLOOR)
     if py:
         su = [share(r) for _, _, r in py]
         c_max, lp_max, r_max = max(py, key=lambda x: x[2]["client_cpu_share"])
@@ -702,7 +789,7 @@ def main() -> int:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for (cell, loop), v in sorted(results.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-            name = "uvicorn" if cell[0] == "http" else f"{cell[0]}/{fmt_size(cell[1])}/{cell[2]}"
+            name = name_of(cell)
             raw.append("| " + " | ".join([name, loop, *raw_cols(v)]) + " |")
         cmd = " ".join([Path(python).name, "bench/io/run.py", *sys.argv[1:]])
         doc = (

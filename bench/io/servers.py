@@ -10,6 +10,8 @@ KIND:
   sock      loop.sock_accept, then per connection a task of sock_recv / sock_sendall
   uvicorn   uvicorn (http='httptools', no access log) serving a minimal ASGI
             app that answers every request with "Hello, world!"
+  datagram  create_datagram_endpoint on udp:HOST:PORT: datagram_received ->
+            transport.sendto(data, addr)
 LOOP: asyncio | uvloop | rloop | ferroloop (bench/workloads.py's make_loop).
 
 TCP port 0 picks a free port. Prints "READY <addr>" (the address actually
@@ -39,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from workloads import make_loop  # noqa: E402
 
 LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
-KINDS = ("protocol", "streams", "buffered", "sock", "uvicorn")
+KINDS = ("protocol", "streams", "buffered", "sock", "uvicorn", "datagram")
 READ_SIZE = 64 * 1024  # streams: reader.read(READ_SIZE)
 SOCK_READ_SIZE = 256 * 1024  # sock: sock_recv size (asyncio transports read up to 256 KiB too)
 BUF_SIZE = 256 * 1024  # buffered: the preallocated receive buffer
@@ -85,6 +87,14 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
             self.view = memoryview(bytearray(BUF_SIZE))
 
 
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
 async def streams_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     set_nodelay(writer.get_extra_info("socket"))
     try:
@@ -109,8 +119,15 @@ async def sock_handler(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> 
 
 
 def listen_socket(addr: str) -> socket.socket:
-    """A bound, listening, nonblocking socket for `tcp:HOST:PORT` or `unix:/path`."""
+    """A bound, listening, nonblocking socket for `tcp:HOST:PORT` or `unix:/path`
+    (for `udp:HOST:PORT`: a bound datagram socket)."""
     kind, _, rest = addr.partition(":")
+    if kind == "udp":
+        host, _, port = rest.rpartition(":")
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((host, int(port)))
+        s.setblocking(False)
+        return s
     if kind == "tcp":
         host, _, port = rest.rpartition(":")
         # proto=IPPROTO_TCP, as getaddrinfo gives it: accepted sockets inherit it, and
@@ -137,6 +154,8 @@ def bound_addr(s: socket.socket) -> str:
     if s.family == socket.AF_UNIX:
         return f"unix:{s.getsockname()}"
     host, port = s.getsockname()[:2]
+    if s.type == socket.SOCK_DGRAM:
+        return f"udp:{host}:{port}"
     return f"tcp:{host}:{port}"
 
 
@@ -155,6 +174,9 @@ async def start_echo(kind: str, loop: asyncio.AbstractEventLoop, lsock: socket.s
         else:
             srv = await asyncio.start_server(streams_handler, sock=lsock, backlog=1024)
         return srv.close
+    if kind == "datagram":
+        transport, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, sock=lsock)
+        return transport.close
     if kind == "sock":
         tasks: set[asyncio.Task] = set()
 

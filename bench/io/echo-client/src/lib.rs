@@ -1,5 +1,6 @@
 //! Shared pieces of the I/O benchmark's compiled side (`bench/io/run.py`):
-//! address parsing, a stream over TCP or a Unix socket, a minimal epoll
+//! address parsing, a stream over TCP, a Unix socket or a connected UDP
+//! socket (one datagram per message), a minimal epoll
 //! wrapper and the process's own CPU time.
 //!
 //! Everything here is deliberately thin: the client and the floor server
@@ -7,16 +8,17 @@
 //! benchmark measures is the Python server on the other end.
 
 use std::io::{self, Read, Write};
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-/// `tcp:HOST:PORT` or `unix:/path`.
+/// `tcp:HOST:PORT`, `unix:/path` or `udp:HOST:PORT`.
 #[derive(Clone, Debug)]
 pub enum Addr {
     Tcp(String),
     Unix(String),
+    Udp(String),
 }
 
 impl Addr {
@@ -25,9 +27,11 @@ impl Addr {
             Ok(Addr::Tcp(rest.to_string()))
         } else if let Some(rest) = s.strip_prefix("unix:") {
             Ok(Addr::Unix(rest.to_string()))
+        } else if let Some(rest) = s.strip_prefix("udp:") {
+            Ok(Addr::Udp(rest.to_string()))
         } else {
             Err(format!(
-                "address {s:?}: expected tcp:HOST:PORT or unix:/path"
+                "address {s:?}: expected tcp:HOST:PORT, unix:/path or udp:HOST:PORT"
             ))
         }
     }
@@ -35,9 +39,7 @@ impl Addr {
     pub fn connect(&self, timeout: Duration) -> io::Result<Stream> {
         match self {
             Addr::Tcp(hp) => {
-                let sa = hp.to_socket_addrs()?.next().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, "no address resolved")
-                })?;
+                let sa = resolve(hp)?;
                 let s = TcpStream::connect_timeout(&sa, timeout)?;
                 s.set_nodelay(true)?;
                 s.set_nonblocking(true)?;
@@ -47,6 +49,18 @@ impl Addr {
                 let s = UnixStream::connect(p)?;
                 s.set_nonblocking(true)?;
                 Ok(Stream::Unix(s))
+            }
+            Addr::Udp(hp) => {
+                let sa = resolve(hp)?;
+                let local = if sa.is_ipv4() {
+                    "127.0.0.1:0"
+                } else {
+                    "[::1]:0"
+                };
+                let s = UdpSocket::bind(local)?;
+                s.connect(sa)?;
+                s.set_nonblocking(true)?;
+                Ok(Stream::Udp(s))
             }
         }
     }
@@ -67,14 +81,28 @@ impl Addr {
                 l.set_nonblocking(true)?;
                 Ok((Listener::Unix(l), format!("unix:{p}")))
             }
+            Addr::Udp(hp) => {
+                let s = UdpSocket::bind(hp.as_str())?;
+                s.set_nonblocking(true)?;
+                let bound = format!("udp:{}", s.local_addr()?);
+                Ok((Listener::Udp(s), bound))
+            }
         }
     }
 }
 
-/// A connected, nonblocking stream.
+fn resolve(host_port: &str) -> io::Result<std::net::SocketAddr> {
+    host_port
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address resolved"))
+}
+
+/// A connected, nonblocking stream (for UDP: one datagram per read/write).
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Udp(UdpSocket),
 }
 
 impl Stream {
@@ -83,6 +111,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
+            Stream::Udp(s) => s.recv(buf),
         }
     }
 
@@ -91,6 +120,7 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
+            Stream::Udp(s) => s.send(buf),
         }
     }
 
@@ -98,14 +128,17 @@ impl Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Udp(s) => s.as_raw_fd(),
         }
     }
 }
 
-/// A nonblocking listening socket.
+/// A nonblocking listening socket (for UDP: the bound socket itself, which
+/// has no connections to accept).
 pub enum Listener {
     Tcp(TcpListener),
     Unix(UnixListener),
+    Udp(UdpSocket),
 }
 
 impl Listener {
@@ -121,6 +154,7 @@ impl Listener {
                 s.set_nonblocking(true)?;
                 Ok(Stream::Unix(s))
             }),
+            Listener::Udp(_) => return Ok(None),
         };
         match r {
             Ok(s) => Ok(Some(s)),
@@ -133,6 +167,7 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.as_raw_fd(),
             Listener::Unix(l) => l.as_raw_fd(),
+            Listener::Udp(l) => l.as_raw_fd(),
         }
     }
 }

@@ -1,8 +1,12 @@
 //! Floor echo server for `bench/io/run.py`: the cost of the syscalls alone.
 //!
 //! ```text
-//! echo-floor --addr tcp:127.0.0.1:0|unix:/path [--max-seconds 600]
+//! echo-floor --addr tcp:127.0.0.1:0|unix:/path|udp:127.0.0.1:0 [--max-seconds 600]
 //! ```
+//!
+//! For UDP: per readiness event, `recvfrom` until `EAGAIN`, each datagram
+//! sent straight back with one `sendto` (a full send buffer drops it, as a
+//! UDP server may; the client's ping-pong keeps that from happening).
 //!
 //! One thread, one level-triggered epoll, nonblocking sockets: per readiness
 //! event one `read` into a 256 KiB buffer, then one `write` of what was read
@@ -16,7 +20,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use echo_client::{cpu_times, parse_args, Addr, Epoll, Stream, IN, OUT};
+use echo_client::{cpu_times, parse_args, Addr, Epoll, Listener, Stream, IN, OUT};
 
 const BUF: usize = 256 * 1024;
 const LISTEN: u64 = u64::MAX;
@@ -114,6 +118,7 @@ fn run() -> Result<(), String> {
     let end = Instant::now() + Duration::from_secs_f64(max_seconds);
     let mut ready: Vec<(u64, u32)> = Vec::with_capacity(1024);
     let mut stop = false;
+    let mut udp_buf = vec![0u8; 65_536];
     // Bounded in time by `end` (each wait is at most 100 ms).
     while !stop && Instant::now() < end {
         ready.clear();
@@ -126,6 +131,12 @@ fn run() -> Result<(), String> {
                         Ok(0) | Err(_) => stop = true, // closed: the run is over
                         Ok(_) => {}                    // anything written is ignored
                     }
+                }
+                LISTEN if matches!(listener, Listener::Udp(_)) => {
+                    let Listener::Udp(u) = &listener else {
+                        unreachable!()
+                    };
+                    echo_datagrams(u, &mut udp_buf).map_err(err)?;
                 }
                 LISTEN => {
                     for _ in 0..ACCEPT_BATCH {
@@ -170,6 +181,25 @@ fn run() -> Result<(), String> {
         u + s
     );
     Ok(())
+}
+
+/// Echoes every datagram queued on `sock` (until `EAGAIN`).
+fn echo_datagrams(sock: &std::net::UdpSocket, buf: &mut [u8]) -> io::Result<()> {
+    // Bounded by the socket's receive queue: each pass consumes a datagram.
+    loop {
+        match sock.recv_from(buf) {
+            Ok((n, peer)) => match sock.send_to(&buf[..n], peer) {
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // An ICMP error queued for an earlier send: reported by this read.
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 fn main() -> ExitCode {
