@@ -68,7 +68,9 @@ if ROOT not in sys.path:          # also runnable as conformance/uvloop_suite.py
 from conformance import run as base  # noqa: E402
 
 MODULES = ["test_tcp", "test_unix", "test_sockets", "test_dns", "test_base",
-           "test_context", "test_aiohttp", "test_regr1"]
+           "test_context", "test_aiohttp", "test_regr1", "test_udp",
+           "test_pipes", "test_process", "test_process_spawning",
+           "test_signals"]
 # long modules first when running in parallel
 WEIGHT = {"test_tcp": 30, "test_context": 20, "test_base": 15,
           "test_unix": 10, "test_sockets": 10, "test_regr1": 8}
