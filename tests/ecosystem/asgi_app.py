@@ -2,11 +2,20 @@
 as a subprocess: ``uvicorn asgi_app:app``), and ``compat_loop``, a
 zero-argument loop factory for ``uvicorn --loop asgi_app:compat_loop``
 (ferroloop with asyncio's Future/Task classes; plain ferroloop is
-``--loop ferroloop:new_event_loop``)."""
+``--loop ferroloop:new_event_loop``).
+
+``/held?tag=T&delay=D&size=N`` is for the signal tests of
+test_uvicorn_signals.py: it writes ``held request T started`` to stderr
+(so that the parent knows the request is in flight), sleeps D seconds, then
+answers with ``held_body(N)``.  With ``ASGI_APP_ANNOUNCE_LOOP=1`` in its
+environment the app writes ``lifespan startup on <loop module>.<loop class>``
+to stderr at startup."""
 
 import asyncio
 import hashlib
 import json
+import os
+import sys
 
 # Lifespan events seen by this process (in-process tests read it).
 LIFESPAN = []
@@ -18,6 +27,16 @@ STREAM_CHUNKS = 32  # 2 MiB
 def compat_loop():
     import ferroloop
     return ferroloop.new_event_loop(native_tasks=False)
+
+
+def held_body(size):
+    """The body of a ``/held`` response of ``size`` bytes."""
+    block = bytes(range(256))
+    return (block * (size // 256 + 1))[:size]
+
+
+def _query(scope):
+    return dict(p.split('=', 1) for p in scope['query_string'].decode().split('&') if p)
 
 
 async def _body(receive):
@@ -44,6 +63,10 @@ async def app(scope, receive, send):
             msg = await receive()
             LIFESPAN.append(msg['type'])
             if msg['type'] == 'lifespan.startup':
+                if os.environ.get('ASGI_APP_ANNOUNCE_LOOP'):
+                    lp = asyncio.get_running_loop()
+                    print(f'lifespan startup on {type(lp).__module__}.{type(lp).__name__}',
+                          file=sys.stderr, flush=True)
                 await send({'type': 'lifespan.startup.complete'})
             elif msg['type'] == 'lifespan.shutdown':
                 await send({'type': 'lifespan.shutdown.complete'})
@@ -89,5 +112,11 @@ async def app(scope, receive, send):
                            if p).get('delay', '0.05'))
         await asyncio.sleep(delay)
         await _respond(send, b'slow')
+    elif path == '/held':
+        q = _query(scope)
+        print(f'held request {q.get("tag", "-")} started', file=sys.stderr, flush=True)
+        await asyncio.sleep(float(q.get('delay', '1')))
+        await _respond(send, held_body(int(q.get('size', '100000'))),
+                       ctype=b'application/octet-stream')
     else:
         await _respond(send, b'not found', status=404)

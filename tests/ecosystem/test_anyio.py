@@ -1,7 +1,8 @@
 """anyio's networking (asyncio backend) on the test's loop: TCP and Unix
 listeners and clients (create_tcp_listener / connect_tcp,
 create_unix_listener / connect_unix), fd passing over a Unix socket, TLS
-streams, UDP.  anyio's asyncio backend runs on whichever loop is running,
+streams, UDP (subprocesses and signals are in test_anyio_processes.py).
+anyio's asyncio backend runs on whichever loop is running,
 so each test is one ``loop.run_until_complete`` of anyio code.
 """
 
@@ -171,5 +172,71 @@ def test_anyio_udp(loop, bounded):
                         with anyio.fail_after(5):
                             assert await client.receive() == msg[::-1]
                 tg.cancel_scope.cancel()
+
+    bounded(main())
+
+
+def test_anyio_udp_addresses(loop, bounded):
+    """create_udp_socket / create_connected_udp_socket on 127.0.0.1: the
+    sockets' addresses, the sender addresses the receivers see, datagram
+    boundaries, and a connected socket receiving only from its peer."""
+    async def receive(sock):
+        with anyio.fail_after(5):
+            return await sock.receive()
+
+    async def main():
+        async with await anyio.create_udp_socket(
+                family=socket.AF_INET, local_host='127.0.0.1') as server:
+            assert server.extra(SocketAttribute.family) == socket.AF_INET
+            server_addr = server.extra(SocketAttribute.local_address)
+            assert server_addr[0] == '127.0.0.1' and server_addr[1] > 0
+            assert server.extra(SocketAttribute.local_port) == server_addr[1]
+
+            async with await anyio.create_connected_udp_socket(
+                    *server_addr, local_host='127.0.0.1') as client:
+                client_addr = client.extra(SocketAttribute.local_address)
+                assert client_addr[0] == '127.0.0.1' and client_addr != server_addr
+                assert client.extra(SocketAttribute.remote_address) == server_addr
+                assert client.extra(SocketAttribute.remote_port) == server_addr[1]
+
+                # the server sees the client's address; its answer comes back
+                await client.send(b'ping')
+                data, addr = await receive(server)
+                assert (data, addr) == (b'ping', client_addr)
+                await server.sendto(b'pong', *addr)
+                assert await receive(client) == b'pong'
+
+                # a burst: boundaries and (on loopback) order are kept
+                msgs = [bytes([i]) * (1 + 97 * i) for i in range(30)]
+                for m in msgs:
+                    await client.send(m)
+                got = [await receive(server) for _ in msgs]
+                assert [d for d, _ in got] == msgs
+                assert {a for _, a in got} == {client_addr}
+                for m in msgs:
+                    await server.sendto(m[::-1], *client_addr)
+                assert [await receive(client) for _ in msgs] == [m[::-1] for m in msgs]
+
+                # an unconnected socket talking to both
+                async with await anyio.create_udp_socket(local_host='127.0.0.1') as other:
+                    other_addr = other.extra(SocketAttribute.local_address)
+                    await other.sendto(b'hello server', *server_addr)
+                    assert await receive(server) == (b'hello server', other_addr)
+                    await server.sendto(b'hello other', *other_addr)
+                    assert await receive(other) == (b'hello other', server_addr)
+                    # the connected client drops datagrams from others:
+                    # it gets only the server's, sent after
+                    await other.sendto(b'not for you', *client_addr)
+                    await server.sendto(b'for you', *client_addr)
+                    assert await receive(client) == b'for you'
+
+            # a datagram to the closed client's port (an ICMP port
+            # unreachable, ignored by an unconnected socket): the server
+            # stays usable
+            await server.sendto(b'to nobody', *client_addr)
+            async with await anyio.create_udp_socket(local_host='127.0.0.1') as other:
+                await other.sendto(b'again', *server_addr)
+                assert await receive(server) == (
+                    b'again', other.extra(SocketAttribute.local_address))
 
     bounded(main())
