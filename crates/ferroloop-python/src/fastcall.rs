@@ -7,11 +7,13 @@
 //! `METH_FASTCALL | METH_KEYWORDS` method of its own, installed over PyO3's
 //! at module init; the work itself stays in [`Loop::call_soon`]. Likewise
 //! a stream transport's `write(data)`, called for every message a protocol
-//! sends (the work stays in [`StreamCore::write_data`]).
+//! sends (the work stays in [`StreamCore::write_data`]), and a datagram
+//! transport's `sendto(data, addr)` (the work stays in
+//! [`DatagramCore::sendto`]).
 //!
 //! ## Invariants
 //! - The method descriptor checks that `self` is of the method's class
-//!   (`_Loop`, `_StreamCore`) before calling.
+//!   (`_Loop`, `_StreamCore`, `_DatagramCore`) before calling.
 //! - A Rust panic is caught and raised as `pyo3_runtime.PanicException`,
 //!   as PyO3's trampolines do; nothing unwinds into CPython.
 //! - The functions run with the GIL held (CPython calls them) but outside
@@ -24,11 +26,11 @@ use std::ffi::CStr;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::ffi;
-use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyString, PyTuple};
 use pyo3::PyTypeInfo;
 
+use crate::io::datagram::DatagramCore;
 use crate::io::stream::StreamCore;
 use crate::loop_state::Loop;
 
@@ -64,10 +66,25 @@ static STREAM_WRITE: MethodDef = MethodDef(ffi::PyMethodDef {
     ml_doc: WRITE_DOC.as_ptr(),
 });
 
-/// Puts the raw methods on their classes, replacing PyO3's wrappers.
+const SENDTO_DOC: &CStr = c"sendto($self, data, addr=None)\n--\n\n\
+Send the datagram `data` to `addr` (None: the connected peer): at once when \
+possible, else queued.";
+
+static DATAGRAM_SENDTO: MethodDef = MethodDef(ffi::PyMethodDef {
+    ml_name: c"sendto".as_ptr(),
+    ml_meth: ffi::PyMethodDefPointer {
+        PyCFunctionFastWithKeywords: datagram_sendto,
+    },
+    ml_flags: ffi::METH_FASTCALL | ffi::METH_KEYWORDS,
+    ml_doc: SENDTO_DOC.as_ptr(),
+});
+
+/// Puts the raw methods on their classes, replacing PyO3's wrappers
+/// (`_DatagramCore.sendto` has only this one).
 pub(crate) fn install(py: Python<'_>) -> PyResult<()> {
     put_method(&Loop::type_object(py), "call_soon", &CALL_SOON)?;
-    put_method(&StreamCore::type_object(py), "write", &STREAM_WRITE)
+    put_method(&StreamCore::type_object(py), "write", &STREAM_WRITE)?;
+    put_method(&DatagramCore::type_object(py), "sendto", &DATAGRAM_SENDTO)
 }
 
 fn put_method(
@@ -96,7 +113,9 @@ fn finish(
     body: impl FnOnce() -> PyResult<*mut ffi::PyObject>,
 ) -> *mut ffi::PyObject {
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
-    match r.unwrap_or_else(|payload| Err(panic_error(payload))) {
+    match r
+        .unwrap_or_else(|payload| Err(crate::errors::panic_error(payload, "panic from Rust code")))
+    {
         Ok(obj) => obj,
         Err(e) => {
             e.restore(py);
@@ -147,6 +166,68 @@ unsafe extern "C" fn stream_write(
         // SAFETY: the method descriptor checked that `slf` is a `_StreamCore`.
         let slf = unsafe { slf.cast_into_unchecked::<StreamCore>() };
         StreamCore::write_data(&slf, &data)?;
+        // SAFETY: a new reference to None.
+        Ok(unsafe { ffi::Py_NewRef(ffi::Py_None()) })
+    })
+}
+
+/// `_DatagramCore.sendto(data, addr=None)`: one or two positional
+/// arguments here; other calls go to asyncio's `sendto` as they are.
+///
+/// # Safety
+/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of
+/// `_DatagramCore` (the vectorcall contract, as for [`call_soon`]).
+unsafe extern "C" fn datagram_sendto(
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargsf: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls this method with the GIL held.
+    let py = unsafe { Python::assume_attached() };
+    finish(py, || {
+        // SAFETY: `slf` is live (contract).
+        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+        // SAFETY: a pure computation on the vectorcall `nargsf`.
+        let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
+        if !kwnames.is_null() || !(1..=2).contains(&nargs) {
+            // Keywords or a wrong count: asyncio's own `sendto` parses them
+            // (and words any error as asyncio does).
+            let nkw = if kwnames.is_null() {
+                0
+            } else {
+                // SAFETY: a non-NULL `kwnames` is a live tuple (contract).
+                unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
+            };
+            let all: Vec<Bound<'_, PyAny>> = (0..nargs + nkw)
+                // SAFETY: `nargs + nkw` live arguments (contract).
+                .map(|i| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) })
+                .collect();
+            let positional = PyTuple::new(py, &all[..nargs])?;
+            let keywords = pyo3::types::PyDict::new(py);
+            for (i, value) in all[nargs..].iter().enumerate() {
+                // SAFETY: item i of the live `kwnames` tuple (contract).
+                let name = unsafe {
+                    Bound::from_borrowed_ptr(
+                        py,
+                        ffi::PyTuple_GET_ITEM(kwnames, i as ffi::Py_ssize_t),
+                    )
+                };
+                keywords.set_item(name, value)?;
+            }
+            // SAFETY: the method descriptor checked that `slf` is a `_DatagramCore`.
+            let slf = unsafe { slf.cast_into_unchecked::<DatagramCore>() };
+            return DatagramCore::sendto_asyncio(&slf, &positional, &keywords).map(Bound::into_ptr);
+        }
+        // SAFETY: `nargs` live arguments (checked above, contract).
+        let data = unsafe { Bound::from_borrowed_ptr(py, *args) };
+        let addr = (nargs == 2).then(|| {
+            // SAFETY: the second of two live arguments.
+            unsafe { Bound::from_borrowed_ptr(py, *args.add(1)) }
+        });
+        // SAFETY: the method descriptor checked that `slf` is a `_DatagramCore`.
+        let slf = unsafe { slf.cast_into_unchecked::<DatagramCore>() };
+        DatagramCore::sendto(&slf, &data, addr.as_ref())?;
         // SAFETY: a new reference to None.
         Ok(unsafe { ffi::Py_NewRef(ffi::Py_None()) })
     })
@@ -242,15 +323,4 @@ unsafe fn call_soon_impl<'py>(
     // SAFETY: the method descriptor checked that `slf` is a `_Loop`.
     let slf = unsafe { slf.cast_into_unchecked::<Loop>() };
     Loop::call_soon(&slf, &callback, &cb_args, context).map(|h| h.into_bound(py).into_any())
-}
-
-fn panic_error(payload: Box<dyn std::any::Any + Send + 'static>) -> PyErr {
-    let msg = if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else {
-        "panic from Rust code".to_string()
-    };
-    PanicException::new_err(msg)
 }

@@ -104,6 +104,12 @@ struct DgramState {
     /// asyncio's `_SelectorDatagramTransport.sendto`, for every send the
     /// fast path does not take.
     asyncio_sendto: Py<PyAny>,
+    /// The transport's send queue (its `_buffer` deque: asyncio only
+    /// appends to it and pops from it, never replaces it).
+    queue: Py<PyAny>,
+    /// The transport has a fixed remote `_address` (set once, by asyncio's
+    /// `__init__`).
+    has_address: bool,
     /// Recent peers: a socket address and its Python tuple (see
     /// [`ADDR_CACHE`]).
     addrs: Vec<(SockAddr, Py<PyAny>)>,
@@ -161,8 +167,35 @@ impl DatagramCore {
             return Ok(());
         };
         let tdict = instance_dict(&transport)?;
-        let mut batch: VecDeque<(Py<PyAny>, Py<PyAny>)> =
-            std::mem::take(&mut slf.get().st().pending);
+        // asyncio's `_read_ready` does nothing once the connection is lost;
+        // what loses it later (close, _force_close) removes the reader too,
+        // which `reading` shows per datagram.
+        match tdict.get_item(intern!(py, "_conn_lost"))? {
+            Some(v) if !v.is_truthy()? => {}
+            _ => return Ok(()),
+        }
+        // The batch's storage is the core's (kept, with its capacity).
+        let mut batch = std::mem::take(&mut slf.get().st().pending);
+        let r = Self::deliver(slf, &tdict, &mut batch);
+        let mut s = slf.get().st();
+        batch.append(&mut s.pending); // (empty unless a callback re-entered)
+        s.pending = batch;
+        r
+    }
+
+    /// [`DatagramCore::read_ready`]'s loop: `batch` holds what was read and
+    /// not delivered yet when it returns.
+    fn deliver(
+        slf: &Bound<'_, DatagramCore>,
+        tdict: &Bound<'_, PyDict>,
+        batch: &mut VecDeque<(Py<PyAny>, Py<PyAny>)>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let protocol = || -> PyResult<Bound<'_, PyAny>> {
+            Ok(tdict
+                .get_item(intern!(py, "_protocol"))?
+                .unwrap_or_else(|| py.None().into_bound(py)))
+        };
         let mut delivered = 0;
         let mut drained = false;
         // Bounded: about READ_BATCH datagrams (whole recvmmsg batches), then
@@ -179,17 +212,14 @@ impl DatagramCore {
                 if fd < 0 {
                     return Ok(());
                 }
-                match Self::receive(slf, fd, multi, &mut batch) {
+                match Self::receive(slf, fd, multi, batch) {
                     Ok(d) => drained = d,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
                         // An ICMP error of an earlier send, say: the protocol's.
-                        let protocol = tdict
-                            .get_item(intern!(py, "_protocol"))?
-                            .unwrap_or_else(|| py.None().into_bound(py));
                         let r =
-                            protocol.call_method1(intern!(py, "error_received"), (os_error(e),));
+                            protocol()?.call_method1(intern!(py, "error_received"), (os_error(e),));
                         if let Err(err) = r {
                             Self::read_again(slf);
                             return Err(err);
@@ -199,27 +229,19 @@ impl DatagramCore {
                     }
                 }
             }
-            // Deliver the batch; stop where reading stops.
+            // Deliver the batch; stop where reading stops (the rest waits
+            // in the core until reading resumes).
             while let Some((data, addr)) = batch.pop_front() {
-                let go_on = slf.get().st().reading
-                    && !tdict
-                        .get_item(intern!(py, "_conn_lost"))?
-                        .is_some_and(|c| c.is_truthy().unwrap_or(true));
-                if !go_on {
+                if !slf.get().st().reading {
                     batch.push_front((data, addr));
-                    Self::keep_pending(slf, batch);
                     return Ok(());
                 }
-                let protocol = tdict
-                    .get_item(intern!(py, "_protocol"))?
-                    .unwrap_or_else(|| py.None().into_bound(py));
-                let r = protocol.call_method1(intern!(py, "datagram_received"), (data, addr));
+                let r = protocol()?.call_method1(intern!(py, "datagram_received"), (data, addr));
                 delivered += 1;
                 if let Err(err) = r {
                     // Reported like asyncio's reader Handle; the datagrams
                     // left are delivered next iteration (the fd is
                     // edge-triggered: nothing else would bring them).
-                    Self::keep_pending(slf, batch);
                     Self::read_again(slf);
                     return Err(err);
                 }
@@ -229,13 +251,6 @@ impl DatagramCore {
             Self::read_again(slf);
         }
         Ok(())
-    }
-
-    /// Puts datagrams read but not delivered back in front of `pending`.
-    fn keep_pending(slf: &Bound<'_, DatagramCore>, mut rest: VecDeque<(Py<PyAny>, Py<PyAny>)>) {
-        let mut s = slf.get().st();
-        rest.append(&mut s.pending);
-        s.pending = rest;
     }
 
     /// Reads what is queued into `batch`: one `recvmmsg` of up to
@@ -311,6 +326,47 @@ impl DatagramCore {
         Some(sa)
     }
 
+    /// `sendto(data, addr)`: see the module docs (the raw method of
+    /// `crate::fastcall` calls it; Python sees `_DatagramCore.sendto`).
+    pub(crate) fn sendto(
+        slf: &Bound<'_, DatagramCore>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        let Some(transport) = slf.get().transport(py) else {
+            return Ok(()); // the transport is gone: nobody can call this
+        };
+        if Self::try_send(slf, &transport, data, addr)?.is_some() {
+            return Ok(());
+        }
+        let f = slf.get().st().asyncio_sendto.clone_ref(py);
+        let addr = match addr {
+            Some(a) => a.clone(),
+            None => py.None().into_bound(py),
+        };
+        f.bind(py).call1((transport, data, addr))?;
+        Ok(())
+    }
+
+    /// asyncio's `sendto(*args, **kwargs)` on the transport: calls the raw
+    /// method does not take (keywords, a wrong argument count).
+    pub(crate) fn sendto_asyncio<'py>(
+        slf: &Bound<'py, DatagramCore>,
+        args: &Bound<'py, PyTuple>,
+        kwargs: &Bound<'py, PyDict>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let transport = slf
+            .get()
+            .transport(py)
+            .unwrap_or_else(|| py.None().into_bound(py));
+        let mut all = vec![transport];
+        all.extend(args.iter());
+        let f = slf.get().st().asyncio_sendto.clone_ref(py);
+        f.bind(py).call(PyTuple::new(py, all)?, Some(kwargs))
+    }
+
     /// The fast send of `sendto` (see the module docs): `Some(result)` when
     /// taken, `None` for asyncio's `sendto` to handle.
     fn try_send(
@@ -327,26 +383,21 @@ impl DatagramCore {
         if payload.is_empty() {
             return Ok(None); // the rule changed across versions: asyncio's
         }
-        let (fd, connected) = {
+        let addr = addr.filter(|a| !a.is_none());
+        let (fd, connected, queue) = {
             let s = slf.get().st();
-            (s.fd, s.connected)
+            if s.has_address && addr.is_some() {
+                return Ok(None); // compared (and maybe refused) by asyncio
+            }
+            (s.fd, s.connected, s.queue.clone_ref(py))
         };
-        if fd < 0 {
+        if fd < 0 || queue.bind(py).len()? != 0 {
             return Ok(None);
         }
         let tdict = instance_dict(transport)?;
-        let truthy = |name: &Bound<'_, PyString>| -> PyResult<bool> {
-            match tdict.get_item(name)? {
-                Some(v) => v.is_truthy(),
-                None => Ok(true), // unexpected state: asyncio's path
-            }
-        };
-        if truthy(intern!(py, "_conn_lost"))? || truthy(intern!(py, "_buffer"))? {
-            return Ok(None);
-        }
-        let addr = addr.filter(|a| !a.is_none());
-        if truthy(intern!(py, "_address"))? && addr.is_some() {
-            return Ok(None); // compared (and maybe refused) by asyncio
+        match tdict.get_item(intern!(py, "_conn_lost"))? {
+            Some(v) if !v.is_truthy()? => {}
+            _ => return Ok(None),
         }
         // SAFETY: `fd` is the transport's socket, open while `fd >= 0` (it
         // is set to -1 before asyncio closes the socket).
@@ -402,6 +453,14 @@ impl DatagramCore {
                 ))
             }
         };
+        let tdict = instance_dict(transport)?;
+        let field = |name: &str| -> PyResult<Bound<'_, PyAny>> {
+            tdict
+                .get_item(name)?
+                .ok_or_else(|| PyValueError::new_err(format!("the transport has no {name}")))
+        };
+        let queue = field("_buffer")?.unbind();
+        let has_address = field("_address")?.is_truthy()?;
         Ok(DatagramCore {
             st: GilRefCell::new(DgramState {
                 lp: Some(lp.clone().unbind()),
@@ -415,33 +474,12 @@ impl DatagramCore {
                 reading: false,
                 read_ctx: None,
                 asyncio_sendto,
+                queue,
+                has_address,
                 addrs: Vec::new(),
                 addrs_next: 0,
             }),
         })
-    }
-
-    /// `sendto(data, addr=None)`: see the module docs.
-    #[pyo3(signature = (data, addr=None))]
-    fn sendto(
-        slf: &Bound<'_, Self>,
-        data: &Bound<'_, PyAny>,
-        addr: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let py = slf.py();
-        let Some(transport) = slf.get().transport(py) else {
-            return Ok(()); // the transport is gone: nobody can call this
-        };
-        if Self::try_send(slf, &transport, data, addr)?.is_some() {
-            return Ok(());
-        }
-        let f = slf.get().st().asyncio_sendto.clone_ref(py);
-        let addr = match addr {
-            Some(a) => a.clone(),
-            None => py.None().into_bound(py),
-        };
-        f.bind(py).call1((transport, data, addr))?;
-        Ok(())
     }
 
     /// Starts watching the fd for reading (asyncio's `_add_reader(fd,
@@ -557,14 +595,13 @@ fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
     Ok(d.cast_into::<PyDict>()?)
 }
 
+/// Datagrams of one read, with their senders (inline: no allocation).
+type Received<'py> = smallvec::SmallVec<[(Bound<'py, PyBytes>, SockAddr); MMSG_COUNT]>;
+
 /// What is queued on the open socket `fd`: up to [`MMSG_COUNT`] datagrams
 /// with one `recvmmsg` (`multi`), or one with `recvfrom(256 KiB)`; each as
 /// `bytes`, with its sender. `WouldBlock` when nothing is queued.
-fn recv_datagrams(
-    py: Python<'_>,
-    fd: RawFd,
-    multi: bool,
-) -> io::Result<Vec<(Bound<'_, PyBytes>, SockAddr)>> {
+fn recv_datagrams(py: Python<'_>, fd: RawFd, multi: bool) -> io::Result<Received<'_>> {
     // SAFETY: the GIL is held (we have `py`) and the closure runs no Python
     // code (nothing re-enters the buffer); `fd` stays open for the call (the
     // transport owns the socket).
@@ -579,7 +616,7 @@ fn recv_datagrams(
                     socket2::SockRef::from(&borrowed).recv_from(&mut buf[..MAX_DATAGRAM])?;
                 // recvfrom initialized the first n bytes.
                 let got = std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n);
-                return Ok(vec![(PyBytes::new(py, got), from)]);
+                return Ok(smallvec::smallvec![(PyBytes::new(py, got), from)]);
             }
             let mut names: [SockAddrStorage; MMSG_COUNT] =
                 std::array::from_fn(|_| SockAddrStorage::zeroed());
@@ -608,7 +645,7 @@ fn recv_datagrams(
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-            let mut out = Vec::with_capacity(n as usize);
+            let mut out = Received::new();
             for (i, (h, name)) in hdrs.iter().zip(names).enumerate().take(n as usize) {
                 let len = (h.msg_len as usize).min(MMSG_SLOT);
                 // recvmmsg initialized the first msg_len bytes of slot i.
