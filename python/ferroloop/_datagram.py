@@ -61,6 +61,11 @@ class _DatagramTransport(_AsyncioDatagramTransport, transports.DatagramTransport
         self._core = _DatagramCore(loop, self, sock, connected, _AsyncioDatagramTransport.sendto)
         self.sendto = self._core.sendto
 
+    def _read_ready(self) -> None:
+        # What the core's fd watch runs (named so in debug-mode Handles and
+        # in "Exception in callback" reports, as asyncio's reader Handle).
+        self._core._read_ready()
+
     def _add_reader(self, fd: Any, callback: Any, *args: Any) -> None:
         # asyncio starts (and resumes) reading with
         # _add_reader(self._sock_fd, self._read_ready): the core's watch.

@@ -172,10 +172,22 @@ impl Loop {
                     Ok(()) => Ok(()),
                     Err(e) if is_exit_exception(py, &e) => Err(e),
                     Err(e) => {
-                        let name = if write { "_write_ready" } else { "_read_ready" };
-                        let cb = stream.getattr(name)?;
+                        // As asyncio's reader/writer Handle would be reported:
+                        // named after the transport's method, with a Handle.
+                        let cb = crate::io::datagram::ready_callback(&stream, write)?;
                         let args = PyTuple::empty(py);
-                        report_callback_error(py, lp, &cb, args.as_any(), e, None, None)
+                        let ctx = stream.call_method1("_context", (write,))?;
+                        let ctx = (!ctx.is_none()).then(|| ctx.unbind());
+                        let h = Handle::with_defaults(
+                            py,
+                            cb.clone().unbind(),
+                            args.clone().unbind(),
+                            lp.clone().unbind(),
+                            ctx,
+                            false,
+                        )?;
+                        let h = Bound::new(py, h)?;
+                        report_callback_error(py, lp, &cb, args.as_any(), e, Some(h.as_any()), None)
                     }
                 }
             }

@@ -488,8 +488,7 @@ pub(crate) fn item_to_handle(slf: &Bound<'_, Loop>, item: Ready) -> PyResult<Py<
             )
         }
         Ready::Stream { stream, write } => {
-            let name = if write { "_write_ready" } else { "_read_ready" };
-            let cb = stream.bind(py).getattr(name)?.unbind();
+            let cb = crate::io::datagram::ready_callback(stream.bind(py), write)?.unbind();
             // The transport's own context (a copy of the one its reader or
             // writer was added in), as in non-debug mode.
             let ctx = stream.bind(py).call_method1("_context", (write,))?;

@@ -24,10 +24,12 @@
 //!   are asyncio's.
 //!
 //! ## Invariants
-//! - The core holds its transport weakly (the transport owns the core), and
-//!   reads the transport's state from its `__dict__` (`_protocol`,
-//!   `_conn_lost`, `_buffer`, `_address`) when it needs it: asyncio's code
-//!   changes it there.
+//! - The core holds its transport (which owns the core: a cycle the GC
+//!   collects, as for stream transports), and reads the transport's state
+//!   from its `__dict__` (`_protocol`, `_conn_lost`) when it needs it:
+//!   asyncio's code changes it there. The send queue (`_buffer`) and
+//!   whether there is a fixed `_address` are read once: asyncio never
+//!   replaces either.
 //! - The fd is in the loop's table exactly while `reading`; removing it
 //!   through the loop (asyncio's `close`/`pause_reading` call
 //!   `loop._remove_reader(fd)`) clears `reading` (`crate::io::fd_watch`), so
@@ -42,8 +44,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{BorrowedFd, RawFd};
 
 use pyo3::exceptions::PyValueError;
+use pyo3::gc::PyVisit;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyInt, PyString, PyTuple, PyWeakrefReference};
+use pyo3::types::{PyBytes, PyDict, PyInt, PyString, PyTuple};
+use pyo3::PyTraverseError;
 use pyo3::{ffi, intern};
 use socket2::{SockAddr, SockAddrStorage};
 
@@ -82,8 +86,11 @@ const DGRAM_BUF_LEN: usize = if MAX_DATAGRAM > MMSG_COUNT * MMSG_SLOT {
 
 struct DgramState {
     lp: Option<Py<Loop>>,
-    /// The `_DatagramTransport` (weak: it owns this core).
-    transport: Option<Py<PyWeakrefReference>>,
+    /// The `_DatagramTransport`. Held strongly, as asyncio's reader Handle
+    /// and a bound `sendto` hold theirs: a transport that is reading, or
+    /// whose `sendto` someone kept, stays alive (the cycle through the
+    /// transport, which owns this core, is the GC's: see `__traverse__`).
+    transport: Option<Py<PyAny>>,
     sock: Option<Py<PyAny>>,
     fd: RawFd,
     /// `extra['peername']` was set: asyncio sends with `send(data)`.
@@ -129,8 +136,7 @@ impl DatagramCore {
     }
 
     fn transport<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
-        let w = self.st().transport.as_ref()?.clone_ref(py);
-        w.bind(py).upgrade()
+        Some(self.st().transport.as_ref()?.clone_ref(py).into_bound(py))
     }
 
     /// The loop removed the fd's reader (asyncio's `close`,
@@ -464,7 +470,7 @@ impl DatagramCore {
         Ok(DatagramCore {
             st: GilRefCell::new(DgramState {
                 lp: Some(lp.clone().unbind()),
-                transport: Some(PyWeakrefReference::new(transport)?.unbind()),
+                transport: Some(transport.clone().unbind()),
                 sock: Some(sock.clone().unbind()),
                 fd,
                 connected,
@@ -480,6 +486,41 @@ impl DatagramCore {
                 addrs_next: 0,
             }),
         })
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        let Some(s) = self.st.try_lock() else {
+            return Ok(());
+        };
+        for o in [&s.transport, &s.sock, &s.read_ctx].into_iter().flatten() {
+            visit.call(o)?;
+        }
+        visit.call(&s.asyncio_sendto)?;
+        visit.call(&s.queue)?;
+        if let Some(l) = &s.lp {
+            visit.call(l)?;
+        }
+        for (data, addr) in &s.pending {
+            visit.call(data)?;
+            visit.call(addr)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let taken = self.st.try_lock().map(|mut s| {
+            s.fd = -1;
+            s.reading = false;
+            (
+                s.transport.take(),
+                s.sock.take(),
+                s.read_ctx.take(),
+                s.lp.take(),
+                std::mem::take(&mut s.pending),
+                std::mem::take(&mut s.addrs),
+            )
+        });
+        drop(taken);
     }
 
     /// Starts watching the fd for reading (asyncio's `_add_reader(fd,
@@ -558,6 +599,22 @@ impl DatagramCore {
     fn is_reading(&self) -> bool {
         self.st().reading
     }
+}
+
+/// The callable a ready item of the native transport `obj` stands for, as
+/// asyncio would name it in a Handle: a datagram transport's
+/// `_read_ready` (the Python method, which runs the core's), a stream
+/// transport's `_read_ready`/`_write_ready`.
+pub(crate) fn ready_callback<'py>(
+    obj: &Bound<'py, PyAny>,
+    write: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Ok(d) = obj.cast::<DatagramCore>() {
+        if let Some(t) = d.get().transport(obj.py()) {
+            return t.getattr(intern!(obj.py(), "_read_ready"));
+        }
+    }
+    obj.getattr(if write { "_write_ready" } else { "_read_ready" })
 }
 
 /// Runs a ready read of a datagram transport (`crate::event_loop` through
