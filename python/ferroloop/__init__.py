@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+import signal
 import socket
 import sys
 import threading
@@ -98,6 +99,9 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         self._signal_handlers: dict[int, Any] = {}
         self._ssock: socket.socket | None = None
         self._csock: socket.socket | None = None
+        # The reactor's signal wake-up fd while run_forever holds
+        # signal.set_wakeup_fd (see _claim_wakeup_fd).
+        self._wakeup_fd: int | None = None
         # Children being waited for: pidfd -> (pid, transport); _children.py.
         self._child_pidfds: dict[int, tuple[int, Any]] = {}
         self.set_debug(_coroutines._is_debug_mode())
@@ -140,12 +144,46 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
                 finalizer=self._asyncgen_finalizer_hook,
             )
             _events._set_running_loop(self)
-            self._run()
+            wakeup = self._claim_wakeup_fd()
+            try:
+                self._run()
+            finally:
+                self._release_wakeup_fd(wakeup)
         finally:
             self._thread_id = None
             _events._set_running_loop(None)
             self._set_coroutine_origin_tracking(False)
             sys.set_asyncgen_hooks(*old_agen_hooks)
+
+    def _claim_wakeup_fd(self) -> int | None:
+        # While it runs in the main thread with nobody else's wake-up fd set,
+        # the loop gives signal.set_wakeup_fd its reactor's pipe: a signal
+        # that arrives just before a blocking poll (Ctrl-C with no handler,
+        # asyncio.run's SIGINT handler) still ends the poll at once, where
+        # asyncio's poll would sleep on (ferroloop_core::signal_wake).
+        if self._signal_handlers:
+            return None  # asyncio's self-pipe is the wake-up fd already
+        try:
+            fd = self._signal_wakeup_fd()
+            prev = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            return None  # not the main thread of the main interpreter
+        if prev != -1:
+            signal.set_wakeup_fd(prev)  # someone else's: theirs stays
+            return None
+        self._wakeup_fd = fd
+        return fd
+
+    def _release_wakeup_fd(self, fd: int | None) -> None:
+        if fd is None:
+            return
+        self._wakeup_fd = None
+        try:
+            current = signal.set_wakeup_fd(-1)
+        except ValueError:
+            return
+        if current not in (fd, -1):
+            signal.set_wakeup_fd(current)  # add_signal_handler's, meanwhile
 
     run_until_complete = _Base.run_until_complete
     _check_running = _Base._check_running
@@ -263,6 +301,16 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         if self._csock is None and not self.is_closed():
             self._make_self_pipe()
         _unix_events._UnixSelectorEventLoop.add_signal_handler(self, sig, callback, *args)
+
+    def remove_signal_handler(self, sig: int) -> bool:
+        removed: bool = _unix_events._UnixSelectorEventLoop.remove_signal_handler(self, sig)
+        if self._wakeup_fd is not None and not self._signal_handlers:
+            # asyncio let go of the wake-up fd (-1): the running loop's again.
+            try:
+                signal.set_wakeup_fd(self._wakeup_fd, warn_on_full_buffer=False)
+            except ValueError:
+                pass
+        return removed
 
     def _make_self_pipe(self) -> None:
         self._ssock, self._csock = socket.socketpair()

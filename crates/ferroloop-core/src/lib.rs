@@ -37,6 +37,7 @@ pub mod loop_core;
 pub mod reactor;
 pub mod ready;
 pub mod scheduler;
+pub mod signal_wake;
 pub mod timer;
 pub mod write_queue;
 

@@ -310,6 +310,15 @@ impl<T, E: Cancellable, W> LoopCore<T, E, W> {
         std::mem::take(&mut self.unwatched)
     }
 
+    /// The write end of the reactor's signal wake-up pipe, for
+    /// `signal.set_wakeup_fd` (see [`crate::signal_wake`]).
+    pub fn signal_wake_fd(&self) -> io::Result<RawFd> {
+        match self.reactor.as_ref() {
+            Some(r) => Ok(r.signal_wake_fd()),
+            None => Err(io::Error::other("the loop is closed or polling")),
+        }
+    }
+
     /// Number of I/O sources registered with the reactor.
     pub fn source_count(&self) -> usize {
         self.reactor.as_ref().map_or(0, Reactor::source_count)

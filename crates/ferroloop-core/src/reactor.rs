@@ -7,7 +7,9 @@
 //!   interrupting the wait (`EINTR`) is not an error: it returns no event, so
 //!   the caller can run its signal handlers and iterate again.
 //! - Wake-ups from [`Reactor::waker`] are absorbed here and only reported
-//!   through [`Polled::woken`]; they never surface as I/O events.
+//!   through [`Polled::woken`]; they never surface as I/O events. Bytes on
+//!   the signal wake-up pipe ([`Reactor::signal_wake_fd`]) are drained here
+//!   and reported as [`Polled::interrupted`], like an `EINTR`.
 //! - A source registered with a token keeps it until deregistered; the
 //!   loop maps tokens to its watchers ([`crate::io_table`]).
 //! - [`Reactor::deregister`] cleans up first and reports after: the source
@@ -56,8 +58,12 @@ use std::time::Duration;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use crate::signal_wake::SignalWake;
+
 /// Token reserved for the waker.
 pub const WAKER_TOKEN: Token = Token(usize::MAX);
+/// Token reserved for the signal wake-up pipe (`crate::signal_wake`).
+pub const SIGNAL_TOKEN: Token = Token(usize::MAX - 1);
 
 /// One I/O readiness event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,18 +92,33 @@ pub struct Reactor {
     events: Events,
     waker: Arc<Waker>,
     sources: usize,
+    signal_wake: SignalWake,
 }
 
 impl Reactor {
     pub fn new() -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+        let signal_wake = SignalWake::new()?;
+        poll.registry().register(
+            &mut SourceFd(&signal_wake.read_fd()),
+            SIGNAL_TOKEN,
+            Interest::READABLE,
+        )?;
         Ok(Self {
             poll,
             events: Events::with_capacity(1024),
             waker,
             sources: 0,
+            signal_wake,
         })
+    }
+
+    /// The write end of the signal wake-up pipe: see `crate::signal_wake`.
+    /// Made with the reactor (as asyncio's loop makes its self-pipe), so a
+    /// loop's fds do not change once it runs.
+    pub fn signal_wake_fd(&self) -> RawFd {
+        self.signal_wake.write_fd()
     }
 
     /// A handle other threads use to interrupt [`Reactor::poll`].
@@ -176,6 +197,11 @@ impl Reactor {
         for ev in self.events.iter() {
             if ev.token() == WAKER_TOKEN {
                 polled.woken = true;
+                continue;
+            }
+            if ev.token() == SIGNAL_TOKEN {
+                self.signal_wake.drain();
+                polled.interrupted = true;
                 continue;
             }
             on_event(IoEvent {

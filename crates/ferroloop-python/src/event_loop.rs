@@ -717,6 +717,16 @@ impl Loop {
         Loop::unwatch_fd(slf, fd, false)
     }
 
+    /// The fd `ferroloop.Loop.run_forever` gives `signal.set_wakeup_fd`:
+    /// the write end of the reactor's signal wake-up pipe, so a signal that
+    /// arrives just before a blocking poll still ends it
+    /// (`ferroloop_core::signal_wake`).
+    fn _signal_wakeup_fd(slf: &Bound<'_, Self>) -> PyResult<i32> {
+        let s = slf.get().st();
+        s.check_closed()?;
+        s.core.signal_wake_fd().map_err(os_error)
+    }
+
     /// What a selector's `get_key(fd)` says of a watched fd, as
     /// `(fileobj, fd, events, reader, writer)` (events: 1 read, 2 write);
     /// None when it is not watched. For `ferroloop.Loop._selector`.
