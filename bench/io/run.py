@@ -84,21 +84,29 @@ fmt_load = _bench_run.fmt_load
 LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
 KINDS = ("protocol", "streams", "buffered", "sock", "datagram")
 SIZES = (1024, 10 * 1024, 100 * 1024)
-TRANSPORTS = ("tcp", "unix", "udp")
+TRANSPORTS = ("tcp", "unix", "udp", "tls")
 MAX_DATAGRAM = 65507  # UDP over IPv4: larger sizes have no udp cell
 BASE = "uvloop"  # ratios are to this loop
 FLOOR = "floor"
 # --quick: every kind, 1 KiB and 100 KiB over TCP, 1 KiB over Unix.
 def cell_ok(kind: str, size: int, transport: str) -> bool:
-    """The datagram kind runs over UDP only, and the stream kinds never do."""
+    """The datagram kind runs over UDP only, and the stream kinds never do;
+    TLS cells are Protocol and streams echoes."""
     if transport == "udp":
         return kind == "datagram" and size <= MAX_DATAGRAM
+    if transport == "tls":
+        return kind in ("protocol", "streams")
     return kind != "datagram"
 
 
 QUICK_CELLS = [
     (k, s, t)
-    for t, sizes in (("tcp", (1024, 100 * 1024)), ("unix", (1024,)), ("udp", (1024,)))
+    for t, sizes in (
+        ("tcp", (1024, 100 * 1024)),
+        ("unix", (1024,)),
+        ("udp", (1024,)),
+        ("tls", (1024, 100 * 1024)),
+    )
     for s in sizes
     for k in KINDS
     if cell_ok(k, s, t)
@@ -299,7 +307,10 @@ def parse_wrk(out: str) -> dict:
 def measure_http(server_cmd: list[str], wrk: str, duration: int, conns: int) -> dict:
     srv = Server(server_cmd, timeout=30)
     try:
-        url = "http://" + srv.addr.removeprefix("tcp:") + "/"
+        if srv.addr.startswith("tls:"):
+            url = "https://" + srv.addr.removeprefix("tls:") + "/"
+        else:
+            url = "http://" + srv.addr.removeprefix("tcp:") + "/"
         base = [wrk, "-t1", f"-c{conns}"]
         w = subprocess.run([*base, "-d1s", url], capture_output=True, text=True, timeout=30)
         if w.returncode != 0:
@@ -359,6 +370,19 @@ def measure_spawn(python: str, loop: str, warmup: float, duration: float) -> dic
     )
     r["p50_us"] = r["p99_us"] = None
     return r
+
+
+def make_certificate(tmp: Path) -> str:
+    """A self-signed P-256 certificate for localhost/127.0.0.1 made with the
+    openssl CLI for this run; returns "CERT,KEY" (servers.py --tls)."""
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return f"{cert},{key}"
 
 
 def build_client() -> tuple[str, str]:
@@ -455,6 +479,7 @@ def main() -> int:
     ap.add_argument(
         "--no-spawn", action="store_true", help="skip the subprocess spawn-and-wait cell"
     )
+    ap.add_argument("--no-https", action="store_true", help="skip the uvicorn HTTPS cell")
     args = ap.parse_args()
 
     python = sys.executable
@@ -498,7 +523,12 @@ def main() -> int:
         "tcp": "tcp:127.0.0.1:0",
         "unix": f"unix:{tmp / 'echo.sock'}",
         "udp": "udp:127.0.0.1:0",
+        "tls": "tcp:127.0.0.1:0",
     }
+    do_https = do_http and not args.no_https
+    tls_files = (
+        make_certificate(tmp) if do_https or any(t == "tls" for _, _, t in cells) else ""
+    )
     # results[(cell, loop)] -> list of per-run dicts; cell = (kind, size, transport) or ("http", 0, "tcp")
     results: dict[tuple, list[dict]] = {}
     errors: dict[tuple, Failed] = {}
@@ -511,14 +541,14 @@ def main() -> int:
             file=sys.stderr,
         )
     per_round = len(cells) * len(loops) + (0 if args.no_floor else len(groups))
-    per_round += len(loops) if do_http else 0
+    per_round += len(loops) * (1 + (not args.no_https)) if do_http else 0
     do_spawn = not args.no_spawn
     per_round += len(loops) if do_spawn else 0
     total = rounds * per_round
     est = rounds * (
         (len(cells) * len(loops) + (0 if args.no_floor else len(groups)))
         * (duration + args.warmup + 0.15)
-        + (len(loops) * (http_duration + 2.5) if do_http else 0)
+        + (len(loops) * (http_duration + 2.5) * (1 + (not args.no_https)) if do_http else 0)
         + (len(loops) * (duration + args.warmup + 0.5) if do_spawn else 0)
     )
     print(
@@ -539,13 +569,15 @@ def main() -> int:
         kind, size, transport = cell
         if kind == "spawn":
             cmd = []
-        elif kind == "http":
+        elif kind in ("http", "https"):
             cmd = [python, str(SERVERS), "uvicorn", loop, "--addr", addr_of["tcp"]]
+            cmd += ["--tls", tls_files] if kind == "https" else []
         elif loop == FLOOR:
             cmd = [floor_bin, "--addr", addr_of[transport], "--max-seconds", life]
         else:
             cmd = [python, str(SERVERS), kind, loop, "--addr", addr_of[transport],
                    "--max-seconds", life]  # fmt: skip
+            cmd += ["--tls", tls_files] if transport == "tls" else []
         best = None
         # A run during which something else used the CPU (another process, a build)
         # is measured again, at most --retries times; the quietest attempt is kept.
@@ -558,7 +590,7 @@ def main() -> int:
             try:
                 if kind == "spawn":
                     r = measure_spawn(python, loop, args.warmup, duration)
-                elif kind == "http":
+                elif kind in ("http", "https"):
                     r = measure_http(cmd, wrk, http_duration, args.http_conns)  # type: ignore[arg-type]
                 else:
                     r = measure_echo(cmd, client, size, args.conns, args.warmup, duration)
@@ -583,11 +615,14 @@ def main() -> int:
                 for cell in [c for c in cells if c[1:] == (size, transport)]:
                     for loop in order:
                         run_one(cell, loop)
-                if not args.no_floor:
+                if not args.no_floor and transport != "tls":  # no TLS floor yet
                     run_one((FLOOR, size, transport), FLOOR)
             if do_http:
                 for loop in order:
                     run_one(("http", 0, "tcp"), loop)
+            if do_https:
+                for loop in order:
+                    run_one(("https", 0, "tcp"), loop)
             if do_spawn:
                 for loop in order:
                     run_one(("spawn", 0, "-"), loop)
@@ -647,9 +682,9 @@ def main() -> int:
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines)
 
-    def http_table() -> str:
-        cell = ("http", 0, "tcp")
-        hdr = ["uvicorn + httptools, hello world", *LOOPS, *[f"{x}/{BASE}" for x in others]]
+    def http_table(cell: tuple = ("http", 0, "tcp")) -> str:
+        label = "uvicorn + httptools, hello world" + (" (HTTPS)" if cell[0] == "https" else "")
+        hdr = [label, *LOOPS, *[f"{x}/{BASE}" for x in others]]
         lines = [
             "| " + " | ".join(hdr) + " |",
             "|" + "|".join(["---"] + ["---:"] * (len(hdr) - 1)) + "|",
@@ -691,6 +726,12 @@ def main() -> int:
             f"(median of {rounds} rounds)",
             http_table(),
         ]
+    if do_https:
+        parts += [
+            f"### HTTPS: uvicorn hello world over TLS, `wrk -t1 -c{args.http_conns} "
+            f"-d{http_duration}s` (median of {rounds} rounds)",
+            http_table(("https", 0, "tcp")),
+        ]
     if do_spawn:
         parts += [
             f"### Subprocesses: spawn and wait, one at a time (median of {rounds} rounds)",
@@ -708,11 +749,11 @@ def main() -> int:
         return [(c, lp, r) for (c, lp), v in results.items() if pred(c, lp) for r in quiet(v)]
 
     def name_of(cell: tuple) -> str:
-        if cell[0] in ("http", "spawn"):
-            return "uvicorn" if cell[0] == "http" else "spawn"
+        if cell[0] in ("http", "https", "spawn"):
+            return {"http": "uvicorn", "https": "uvicorn-https", "spawn": "spawn"}[cell[0]]
         return f"{cell[0]}/{fmt_size(cell[1])}/{cell[2]}"
 
-    py = runs_of(lambda c, lp: c[0] not in ("http", "spawn") and lp != FLOOR)
+    py = runs_of(lambda c, lp: c[0] not in ("http", "https", "spawn") and lp != FLOOR)
     if py:
         su = [share(r) for _, _, r in py]
         c_max, lp_max, r_max = max(py, key=lambda x: x[2]["client_cpu_share"])
@@ -743,7 +784,7 @@ def main() -> int:
             "is the ceiling of this two-process setup on two cores, and its requests per "
             "CPU-second what the syscalls alone cost."
         )
-    ht = runs_of(lambda c, lp: c[0] == "http")
+    ht = runs_of(lambda c, lp: c[0] in ("http", "https"))
     if ht:
         foot.append(
             "HTTP: wrk used median "

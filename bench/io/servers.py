@@ -1,6 +1,7 @@
 """Echo and HTTP servers for the I/O benchmarks, one per process.
 
     python bench/io/servers.py KIND LOOP --addr tcp:127.0.0.1:PORT|unix:/path
+        [--tls CERT,KEY]
 
 KIND:
   protocol  asyncio.Protocol: data_received -> transport.write(data)
@@ -13,6 +14,10 @@ KIND:
   datagram  create_datagram_endpoint on udp:HOST:PORT: datagram_received ->
             transport.sendto(data, addr)
 LOOP: asyncio | uvloop | rloop | ferroloop (bench/workloads.py's make_loop).
+
+--tls serves TLS 1.3 (protocol, streams, buffered, uvicorn) with a server
+context made here, the same on every loop: ssl.PROTOCOL_TLS_SERVER, minimum
+version TLS 1.3, CERT and KEY loaded; the READY address is then tls:HOST:PORT.
 
 TCP port 0 picks a free port. Prints "READY <addr>" (the address actually
 bound) once it accepts connections; runs until its stdin closes (a reader
@@ -32,6 +37,7 @@ import os
 import resource
 import signal
 import socket
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -159,20 +165,37 @@ def bound_addr(s: socket.socket) -> str:
     return f"tcp:{host}:{port}"
 
 
-async def start_echo(kind: str, loop: asyncio.AbstractEventLoop, lsock: socket.socket):
+def server_context(tls: str) -> ssl.SSLContext:
+    """The TLS 1.3 server context of --tls CERT,KEY."""
+    cert, _, key = tls.partition(",")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def start_echo(
+    kind: str,
+    loop: asyncio.AbstractEventLoop,
+    lsock: socket.socket,
+    sslctx: ssl.SSLContext | None = None,
+):
     """Starts serving; returns a closer (a callable) once the server listens."""
+    tls = {"ssl": sslctx} if sslctx is not None else {}
     if kind in ("protocol", "buffered"):
         factory = EchoProtocol if kind == "protocol" else EchoBufferedProtocol
         if lsock.family == socket.AF_UNIX:
-            srv = await loop.create_unix_server(factory, sock=lsock, backlog=1024)
+            srv = await loop.create_unix_server(factory, sock=lsock, backlog=1024, **tls)
         else:
-            srv = await loop.create_server(factory, sock=lsock, backlog=1024)
+            srv = await loop.create_server(factory, sock=lsock, backlog=1024, **tls)
         return srv.close
     if kind == "streams":
         if lsock.family == socket.AF_UNIX:
-            srv = await asyncio.start_unix_server(streams_handler, sock=lsock, backlog=1024)
+            srv = await asyncio.start_unix_server(
+                streams_handler, sock=lsock, backlog=1024, **tls
+            )
         else:
-            srv = await asyncio.start_server(streams_handler, sock=lsock, backlog=1024)
+            srv = await asyncio.start_server(streams_handler, sock=lsock, backlog=1024, **tls)
         return srv.close
     if kind == "datagram":
         transport, _ = await loop.create_datagram_endpoint(EchoDatagramProtocol, sock=lsock)
@@ -209,10 +232,17 @@ async def hello_app(scope, receive, send):
     await send({"type": "http.response.body", "body": HELLO})
 
 
-def uvicorn_server(loop: asyncio.AbstractEventLoop, lsock: socket.socket, ready: Callable):
-    """(main coroutine function, stop function) of a uvicorn server on `lsock`."""
+def uvicorn_server(
+    loop: asyncio.AbstractEventLoop, lsock: socket.socket, ready: Callable, tls: str | None = None
+):
+    """(main coroutine function, stop function) of a uvicorn server on `lsock`
+    (HTTPS with --tls: uvicorn's own context from the same files)."""
     import uvicorn
 
+    files = {}
+    if tls:
+        cert, _, key = tls.partition(",")
+        files = {"ssl_certfile": cert, "ssl_keyfile": key}
     config = uvicorn.Config(
         hello_app,
         loop="none",
@@ -223,6 +253,7 @@ def uvicorn_server(loop: asyncio.AbstractEventLoop, lsock: socket.socket, ready:
         log_level="warning",
         server_header=False,
         date_header=False,
+        **files,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     # uvicorn's SIGINT/SIGTERM capture re-raises the signal after serve() (the
@@ -257,23 +288,27 @@ def main() -> int:
     ap.add_argument(
         "--max-seconds", type=float, default=600.0, help="stop after this long regardless"
     )
+    ap.add_argument("--tls", default=None, help="CERT,KEY: serve TLS 1.3 with these files")
     args = ap.parse_args()
 
     loop = make_loop(args.loop)
     asyncio.set_event_loop(loop)
     lsock = listen_socket(args.addr)
     addr = bound_addr(lsock)
+    if args.tls:
+        addr = "tls:" + addr.removeprefix("tcp:")
 
     def ready() -> None:
         print("READY", addr, flush=True)
 
     if args.kind == "uvicorn":
-        coro_fn, stop = uvicorn_server(loop, lsock, ready)
+        coro_fn, stop = uvicorn_server(loop, lsock, ready, args.tls)
     else:
         closer: list[Callable[[], object]] = []
 
         async def coro_fn() -> None:
-            closer.append(await start_echo(args.kind, loop, lsock))
+            sslctx = server_context(args.tls) if args.tls else None
+            closer.append(await start_echo(args.kind, loop, lsock, sslctx))
             ready()
             await stopped
 

@@ -1,6 +1,6 @@
 //! Shared pieces of the I/O benchmark's compiled side (`bench/io/run.py`):
-//! address parsing, a stream over TCP, a Unix socket or a connected UDP
-//! socket (one datagram per message), a minimal epoll
+//! address parsing, a stream over TCP, a Unix socket, a connected UDP
+//! socket (one datagram per message) or TLS over TCP (`tls`), a minimal epoll
 //! wrapper and the process's own CPU time.
 //!
 //! Everything here is deliberately thin: the client and the floor server
@@ -13,12 +13,15 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
-/// `tcp:HOST:PORT`, `unix:/path` or `udp:HOST:PORT`.
+pub mod tls;
+
+/// `tcp:HOST:PORT`, `unix:/path`, `udp:HOST:PORT` or `tls:HOST:PORT`.
 #[derive(Clone, Debug)]
 pub enum Addr {
     Tcp(String),
     Unix(String),
     Udp(String),
+    Tls(String),
 }
 
 impl Addr {
@@ -29,9 +32,11 @@ impl Addr {
             Ok(Addr::Unix(rest.to_string()))
         } else if let Some(rest) = s.strip_prefix("udp:") {
             Ok(Addr::Udp(rest.to_string()))
+        } else if let Some(rest) = s.strip_prefix("tls:") {
+            Ok(Addr::Tls(rest.to_string()))
         } else {
             Err(format!(
-                "address {s:?}: expected tcp:HOST:PORT, unix:/path or udp:HOST:PORT"
+                "address {s:?}: expected tcp:HOST:PORT, unix:/path, udp:HOST:PORT or tls:HOST:PORT"
             ))
         }
     }
@@ -49,6 +54,12 @@ impl Addr {
                 let s = UnixStream::connect(p)?;
                 s.set_nonblocking(true)?;
                 Ok(Stream::Unix(s))
+            }
+            Addr::Tls(hp) => {
+                let sa = resolve(hp)?;
+                let s = TcpStream::connect_timeout(&sa, timeout)?;
+                s.set_nodelay(true)?;
+                Ok(Stream::Tls(Box::new(crate::tls::TlsStream::handshake(s)?)))
             }
             Addr::Udp(hp) => {
                 let sa = resolve(hp)?;
@@ -81,6 +92,10 @@ impl Addr {
                 l.set_nonblocking(true)?;
                 Ok((Listener::Unix(l), format!("unix:{p}")))
             }
+            Addr::Tls(_) => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no TLS floor server: the TLS floor is not built yet",
+            )),
             Addr::Udp(hp) => {
                 let s = UdpSocket::bind(hp.as_str())?;
                 s.set_nonblocking(true)?;
@@ -103,6 +118,7 @@ pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     Udp(UdpSocket),
+    Tls(Box<crate::tls::TlsStream>),
 }
 
 impl Stream {
@@ -112,6 +128,7 @@ impl Stream {
             Stream::Tcp(s) => s.read(buf),
             Stream::Unix(s) => s.read(buf),
             Stream::Udp(s) => s.recv(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 
@@ -121,6 +138,7 @@ impl Stream {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
             Stream::Udp(s) => s.send(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
 
@@ -129,6 +147,16 @@ impl Stream {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
             Stream::Udp(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.fd(),
+        }
+    }
+
+    /// Sends what a TLS stream has encrypted but not sent yet; false while
+    /// some is left (the caller waits for EPOLLOUT). Plain streams have none.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        match self {
+            Stream::Tls(s) => s.flush_records(),
+            _ => Ok(true),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Ping-pong echo load client for `bench/io/run.py`.
 //!
 //! ```text
-//! echo-client --addr tcp:127.0.0.1:PORT|unix:/path [--conns 10] [--msg 1024]
+//! echo-client --addr tcp:127.0.0.1:PORT|unix:/path|udp:...|tls:... [--conns 10] [--msg 1024]
 //!             [--duration 3] [--warmup 0.5] [--max-messages 50000000]
 //!             [--wait-stdin] [--no-verify]
 //! ```
@@ -48,6 +48,7 @@ impl Conn {
     /// Writes as much of the current message as the socket takes, and asks
     /// for EPOLLOUT only while part of it is left.
     fn pump_write(&mut self, ep: &Epoll, token: u64) -> io::Result<()> {
+        let mut flushed = self.s.flush()?; // TLS records left from before
         // Bounded: each pass writes >= 1 byte or leaves the loop.
         while self.written < self.send.len() {
             match self.s.write(&self.send[self.written..]) {
@@ -58,7 +59,10 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        let want = self.written < self.send.len();
+        if self.written == self.send.len() {
+            flushed = self.s.flush()?;
+        }
+        let want = self.written < self.send.len() || !flushed;
         if want != self.want_out {
             ep.modify(self.s.fd(), if want { IN | OUT } else { IN }, token)?;
             self.want_out = want;
