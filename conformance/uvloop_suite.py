@@ -26,7 +26,9 @@ downloaded files are not edited):
 Only the tests of ``UVTestCase`` subclasses run (the ``*_AIO_*`` classes run
 asyncio's own loop and are not collected).  ``implementation`` stays
 ``'uvloop'``, so the tests take their uvloop branches.  The TLS classes of
-test_tcp and test_unix are reported as ``tls`` (not run).  Tests listed in
+test_tcp and test_unix run too (their pyOpenSSL tests need pyOpenSSL, a
+requirements-dev package); with ``--no-tls`` they are reported as ``tls``
+(not run).  Tests listed in
 ``uvloop_exclusions.txt`` (they test uvloop internals or uvloop-only
 behaviour) are reported as ``excluded``; tests that resolve non-local host
 names are reported as ``skip`` unless ``--network``.
@@ -75,9 +77,9 @@ MODULES = ["test_tcp", "test_unix", "test_sockets", "test_dns", "test_base",
 WEIGHT = {"test_tcp": 30, "test_context": 20, "test_base": 15,
           "test_unix": 10, "test_sockets": 10, "test_regr1": 8}
 
-# TLS classes: out of scope of this suite (non-TLS tests only).
+# TLS classes: run unless --no-tls.
 TLS_CLASSES = ("test_tcp.Test_UV_TCPSSL", "test_unix.Test_UV_UnixSSL")
-TLS_REASON = "TLS test class: this suite runs the non-TLS tests only"
+TLS_REASON = "TLS test class: not run (--no-tls)"
 
 # Tests that resolve host names other than localhost/IP literals, i.e. make
 # DNS queries that leave the machine.  Skipped unless --network (the run is
@@ -305,6 +307,7 @@ def child_main(argv):
     ap.add_argument("--hang-after", type=float, default=0)
     ap.add_argument("--skip-class", action="append", default=[])
     ap.add_argument("--only", action="append", default=[])
+    ap.add_argument("--no-tls", action="store_true")
     args = ap.parse_args(argv)
     child._events_fd = args.events_fd
     emit = child.emit
@@ -346,7 +349,7 @@ def child_main(argv):
         t, tid = tests[i], ids[i]
         cls_id = tid.rsplit(".", 1)[0]
         status = reason = None
-        if cls_id in TLS_CLASSES:
+        if args.no_tls and cls_id in TLS_CLASSES:
             status, reason = "tls", TLS_REASON
         elif match(entries, tid, EXCLUDE):
             status, reason = "excluded", match(entries, tid, EXCLUDE)
@@ -386,6 +389,8 @@ class UVModuleRunner(base.ModuleRunner):
             cmd += ["--exclusions", o.exclusions]
         if o.network:
             cmd.append("--network")
+        if o.no_tls:
+            cmd.append("--no-tls")
         for c in sorted(self.skip_classes):
             cmd += ["--skip-class", c]
         for pat in o.only or ():
@@ -457,8 +462,7 @@ def write_report(o, runners, wall, fetch_info):
       "uvloop branch asserts uvloop-only behaviour: they run with "
       "`implementation = 'asyncio'`.  Status meanings: *excluded* = listed "
       "in `conformance/uvloop_exclusions.txt` (tests of uvloop internals or "
-      "uvloop-only behaviour); *tls* = TLS class, out of scope (non-TLS "
-      "tests only); *skip* = skipped by the test itself, or needs external "
+      "uvloop-only behaviour); *tls* = TLS class not run (`--no-tls`); *skip* = skipped by the test itself, or needs external "
       "DNS (loopback-only run); *timeout* = killed by the watchdog; *crash* "
       "= the test process died; *ferroloop loop* = tests during which a "
       "ferroloop loop was created.\n")
@@ -542,6 +546,8 @@ def parse_args(argv):
     ap.add_argument("--network", action="store_true",
                     help="also run the tests that resolve non-local host "
                          "names")
+    ap.add_argument("--no-tls", action="store_true",
+                    help="report the TLS classes as not run")
     ap.add_argument("--sdist", default=None,
                     help="use this uvloop sdist instead of downloading it")
     ap.add_argument("--keep-scratch", action="store_true",
@@ -572,7 +578,7 @@ def parse_args(argv):
     o.modules = ([m.strip() for m in o.modules.split(",") if m.strip()]
                  if o.modules else list(MODULES))
     full = (o.loop == "ferroloop" and o.modules == MODULES and not o.only
-            and o.exclusions is not None)
+            and o.exclusions is not None and not o.no_tls)
     tag = "uvloop" if o.loop == "ferroloop" else f"uvloop-{o.loop}"
     outdir = os.path.join(HERE, "out", tag)
     if o.log_dir is None:
