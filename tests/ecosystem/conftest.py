@@ -3,7 +3,9 @@
 Both are started once per session as unprivileged processes, in a scratch
 directory, listening on 127.0.0.1 on a free port (PostgreSQL also on a Unix
 socket in its scratch directory), and stopped at the end of the session.
-Nothing here talks to any address but loopback.
+Nothing here talks to any address but loopback.  ``postgres_tls_server`` is
+a second PostgreSQL, started only by the tests that use it, with ``ssl=on``
+and a certificate from the session's trustme CA (``tls_ca``).
 
 The binaries come from Debian's ``redis-server`` and ``postgresql`` packages
 (``make test-deps`` installs them).  When they are missing the fixtures skip,
@@ -14,6 +16,7 @@ Besides the ``loop``/``run`` fixtures of ``tests/conftest.py``, tests here use
 """
 
 import asyncio
+import contextlib
 import glob
 import os
 import pwd
@@ -152,11 +155,11 @@ def _run(argv, what, timeout=SERVER_TIMEOUT):
     return res
 
 
-@pytest.fixture(scope='session')
-def postgres_server():
-    """Connection parameters of a PostgreSQL server for this session:
-    a dict with host, port, user, database and ``socket_dir`` (the directory
-    of its Unix socket)."""
+@contextlib.contextmanager
+def _postgres_instance(configure=None):
+    """Runs one PostgreSQL instance in a fresh scratch directory; yields
+    its connection parameters (see ``postgres_server``).  ``configure(data,
+    scratch, uid, gid)``, if given, runs between initdb and the start."""
     bindir = _pg_bindir()
     if bindir is None or not os.path.exists(os.path.join(bindir, 'pg_ctl')):
         missing('PostgreSQL (initdb, pg_ctl) is not installed')
@@ -176,6 +179,8 @@ def postgres_server():
         if res.returncode != 0:
             pytest.fail(f'initdb failed:\n{res.stdout.decode(errors="replace")}',
                         pytrace=False)
+        if configure is not None:
+            configure(data, scratch, uid, gid)
         for _attempt in range(3):
             port = unused_port()
             opts = (f'-c listen_addresses=127.0.0.1 -p {port} '
@@ -200,6 +205,50 @@ def postgres_server():
                            str(int(SERVER_TIMEOUT)), 'stop'], 'pg_ctl stop',
                  timeout=SERVER_TIMEOUT + 10)
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def postgres_server():
+    """Connection parameters of a PostgreSQL server for this session:
+    a dict with host, port, user, database and ``socket_dir`` (the directory
+    of its Unix socket)."""
+    with _postgres_instance() as params:
+        yield params
+
+
+@pytest.fixture(scope='session')
+def postgres_tls_server(tls_ca):
+    """A second PostgreSQL instance (the plain ``postgres_server`` stays
+    TLS-free) with ``ssl=on``: its certificate is issued by the session's
+    trustme CA (``tls_ca``) for 127.0.0.1 and localhost; TCP clients must use
+    TLS (``hostssl ... trust``, ``hostnossl ... reject``), Unix-socket ones
+    need not.  The dict of ``postgres_server`` plus ``ca_file``, the path of
+    the CA certificate (PEM)."""
+    leaf = tls_ca.issue_cert('127.0.0.1', 'localhost')
+
+    def configure(data, scratch, uid, gid):
+        cert = os.path.join(scratch, 'server.crt')
+        key = os.path.join(scratch, 'server.key')
+        for blob in leaf.cert_chain_pems:
+            blob.write_to_path(cert, append=True)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(leaf.private_key_pem.bytes())
+        for path in (cert, key):
+            os.chown(path, uid, gid)
+        os.chmod(key, 0o600)  # PostgreSQL refuses a group/world-readable key
+        with open(os.path.join(data, 'postgresql.conf'), 'a') as f:
+            f.write(f"\nssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n")
+        with open(os.path.join(data, 'pg_hba.conf'), 'w') as f:
+            f.write('local     all  all                trust\n'
+                    'hostssl   all  all  127.0.0.1/32  trust\n'
+                    'hostnossl all  all  127.0.0.1/32  reject\n')
+
+    with tempfile.TemporaryDirectory(prefix='fl-pgca-') as d:
+        ca_file = os.path.join(d, 'ca.pem')
+        tls_ca.cert_pem.write_to_path(ca_file)
+        with _postgres_instance(configure) as params:
+            yield {**params, 'ca_file': ca_file}
 
 
 # ---------------------------------------------------------------------------
@@ -249,3 +298,11 @@ def tls_contexts(tls_files):
     server.load_cert_chain(cert, key)
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cert)
     return server, client
+
+
+@pytest.fixture(scope='session')
+def tls_ca():
+    """A trustme certificate authority for this session (servers' leaf
+    certificates: ``tls_ca.issue_cert('127.0.0.1', 'localhost')``)."""
+    trustme = pytest.importorskip('trustme')
+    return trustme.CA()
