@@ -31,8 +31,10 @@ import threading
 import warnings
 import weakref
 from asyncio import base_events as _base_events
+from asyncio import constants as _constants
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
+from asyncio import sslproto as _sslproto
 from asyncio import unix_events as _unix_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -229,6 +231,35 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
     ) -> _SocketTransport:
         self._ensure_fd_no_transport(sock)
         return _SocketTransport(self, sock, protocol, waiter, extra, server)
+
+    def _make_ssl_transport(
+        self,
+        rawsock: socket.socket,
+        protocol: Any,
+        sslcontext: Any,
+        waiter: Any = None,
+        *,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        extra: Any = None,
+        server: Any = None,
+        ssl_handshake_timeout: float | None = _constants.SSL_HANDSHAKE_TIMEOUT,
+        ssl_shutdown_timeout: float | None = _constants.SSL_SHUTDOWN_TIMEOUT,
+    ) -> Any:
+        # asyncio's SSLProtocol, over the native socket transport (asyncio's
+        # own builds its Python _SelectorSocketTransport here).
+        ssl_protocol = _sslproto.SSLProtocol(
+            self,
+            protocol,
+            sslcontext,
+            waiter,
+            server_side,
+            server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
 
     # -- datagrams: asyncio's transport with a native data path (_datagram.py)
     _make_datagram_transport = _make_datagram_transport
