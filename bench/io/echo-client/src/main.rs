@@ -49,7 +49,7 @@ impl Conn {
     /// for EPOLLOUT only while part of it is left.
     fn pump_write(&mut self, ep: &Epoll, token: u64) -> io::Result<()> {
         let mut flushed = self.s.flush()?; // TLS records left from before
-        // Bounded: each pass writes >= 1 byte or leaves the loop.
+                                           // Bounded: each pass writes >= 1 byte or leaves the loop.
         while self.written < self.send.len() {
             match self.s.write(&self.send[self.written..]) {
                 Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "write returned 0")),
