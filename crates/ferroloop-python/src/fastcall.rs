@@ -106,6 +106,19 @@ fn put_method(
     tp.setattr(name, descr)
 }
 
+/// The number of keyword arguments of a vectorcall.
+///
+/// # Safety
+/// `kwnames` is NULL or a live tuple (the vectorcall contract).
+unsafe fn keyword_count(kwnames: *mut ffi::PyObject) -> usize {
+    if kwnames.is_null() {
+        0
+    } else {
+        // SAFETY: a non-NULL `kwnames` is a live tuple (contract).
+        unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
+    }
+}
+
 /// Runs a raw method's body as PyO3's trampolines do: a panic becomes a
 /// `PanicException`, an error is set and NULL returned.
 fn finish(
@@ -141,12 +154,8 @@ unsafe extern "C" fn stream_write(
     finish(py, || {
         // SAFETY: a pure computation on the vectorcall `nargsf`.
         let nargs = unsafe { ffi::PyVectorcall_NARGS(nargsf as usize) } as usize;
-        let nkw = if kwnames.is_null() {
-            0
-        } else {
-            // SAFETY: a non-NULL `kwnames` is a live tuple (contract).
-            unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
-        };
+        // SAFETY: the caller's `kwnames` (contract).
+        let nkw = unsafe { keyword_count(kwnames) };
         let keyword_ok = nkw == 1 && nargs == 0 && {
             // SAFETY: a live tuple of one str (contract).
             let name = unsafe { Bound::from_borrowed_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, 0)) };
@@ -193,12 +202,8 @@ unsafe extern "C" fn datagram_sendto(
         if !kwnames.is_null() || !(1..=2).contains(&nargs) {
             // Keywords or a wrong count: asyncio's own `sendto` parses them
             // (and words any error as asyncio does).
-            let nkw = if kwnames.is_null() {
-                0
-            } else {
-                // SAFETY: a non-NULL `kwnames` is a live tuple (contract).
-                unsafe { ffi::PyTuple_GET_SIZE(kwnames) as usize }
-            };
+            // SAFETY: the caller's `kwnames` (contract).
+            let nkw = unsafe { keyword_count(kwnames) };
             let all: Vec<Bound<'_, PyAny>> = (0..nargs + nkw)
                 // SAFETY: `nargs + nkw` live arguments (contract).
                 .map(|i| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) })

@@ -180,6 +180,22 @@ impl Loop {
     }
 }
 
+impl Loop {
+    /// Queues another read of the native transport `transport` (a stream
+    /// transport or a datagram core) for the next iteration, unless the
+    /// loop is closed: what an edge-aware reader does when more may be
+    /// waiting and no new edge will report it.
+    pub(crate) fn queue_read(lp: &Bound<'_, Loop>, transport: Py<PyAny>) {
+        let mut ls = lp.get().st();
+        if !ls.closed {
+            ls.core.ready.push(Ready::Stream {
+                stream: transport,
+                write: false,
+            });
+        }
+    }
+}
+
 impl LoopState {
     pub(crate) fn check_closed(&self) -> PyResult<()> {
         if self.closed {

@@ -55,7 +55,7 @@ use crate::aio::in_context;
 use crate::errors::os_error;
 use crate::gil::{GilCell, GilRefCell};
 use crate::io::stream::retry_later;
-use crate::loop_state::{FdWatch, Loop, Ready};
+use crate::loop_state::{FdWatch, Loop};
 
 /// Datagrams read per ready item; the rest wait for the next iteration
 /// (libuv reads as many per event).
@@ -155,13 +155,7 @@ impl DatagramCore {
         let py = slf.py();
         let lp = slf.get().st().lp.as_ref().map(|l| l.clone_ref(py));
         if let Some(lp) = lp {
-            let mut ls = lp.bind(py).get().st();
-            if !ls.closed {
-                ls.core.ready.push(Ready::Stream {
-                    stream: slf.clone().into_any().unbind(),
-                    write: false,
-                });
-            }
+            Loop::queue_read(lp.bind(py), slf.clone().into_any().unbind());
         }
     }
 
@@ -594,10 +588,6 @@ impl DatagramCore {
             return None;
         }
         self.st().read_ctx.as_ref().map(|c| c.clone_ref(py))
-    }
-
-    fn is_reading(&self) -> bool {
-        self.st().reading
     }
 }
 

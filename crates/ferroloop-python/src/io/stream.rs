@@ -53,7 +53,7 @@ use crate::errors::{is_exit_exception, os_error};
 use crate::gil::GilRefCell;
 use crate::io::buffer::BufView;
 use crate::io::read_buf::{recv_bytes, recv_raw};
-use crate::loop_state::{FdWatch, Loop, Ready};
+use crate::loop_state::{FdWatch, Loop};
 
 /// asyncio's `constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES`.
 const LOG_THRESHOLD_FOR_CONNLOST_WRITES: u32 = 5;
@@ -341,13 +341,7 @@ impl StreamCore {
         let py = slf.py();
         let lp = slf.get().st().lp.as_ref().map(|l| l.clone_ref(py));
         if let Some(lp) = lp {
-            let mut ls = lp.bind(py).get().st();
-            if !ls.closed {
-                ls.core.ready.push(Ready::Stream {
-                    stream: slf.clone().into_any().unbind(),
-                    write: false,
-                });
-            }
+            Loop::queue_read(lp.bind(py), slf.clone().into_any().unbind());
         }
     }
 
