@@ -212,7 +212,10 @@ impl DatagramCore {
                 if fd < 0 {
                     return Ok(());
                 }
-                match Self::receive(slf, fd, multi, batch) {
+                let received = Self::receive(slf, fd, multi, batch).inspect_err(|_| {
+                    Self::read_again(slf); // the rest still waits: no new edge
+                })?;
+                match received {
                     Ok(d) => drained = d,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -255,22 +258,28 @@ impl DatagramCore {
 
     /// Reads what is queued into `batch`: one `recvmmsg` of up to
     /// [`MMSG_COUNT`] datagrams (`multi`), or one `recvfrom`. True when the
-    /// queue was found empty afterwards (fewer datagrams than asked for).
+    /// queue was found empty afterwards (fewer datagrams than asked for);
+    /// the socket's error inside, a Python error outside.
     fn receive(
         slf: &Bound<'_, DatagramCore>,
         fd: RawFd,
         multi: bool,
         batch: &mut VecDeque<(Py<PyAny>, Py<PyAny>)>,
-    ) -> io::Result<bool> {
+    ) -> PyResult<io::Result<bool>> {
         let py = slf.py();
-        let got = recv_datagrams(py, fd, multi)?;
+        let got = match recv_datagrams(py, fd, multi) {
+            Ok(got) => got,
+            Err(e) => return Ok(Err(e)),
+        };
         let asked = if multi { MMSG_COUNT } else { 1 };
         let drained = got.len() < asked;
         for (data, raw) in got {
-            let addr = Self::address_of(slf, raw).map_err(|e| io::Error::other(e.to_string()))?;
+            // A Python error here (MemoryError) is the loop's, not the
+            // socket's: it propagates instead of reaching error_received.
+            let addr = Self::address_of(slf, raw)?;
             batch.push_back((data.into_any().unbind(), addr.unbind()));
         }
-        Ok(drained)
+        Ok(Ok(drained))
     }
 
     /// The sender's address as the `socket` module gives it: a cached
