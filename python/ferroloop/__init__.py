@@ -34,7 +34,6 @@ from asyncio import base_events as _base_events
 from asyncio import constants as _constants
 from asyncio import coroutines as _coroutines
 from asyncio import events as _events
-from asyncio import sslproto as _sslproto
 from asyncio import unix_events as _unix_events
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -55,6 +54,8 @@ from ._ferroloop import (
     _sock_sendall,
     _sock_write_call,
 )
+from ._tls import ssl_protocol_class as _ssl_protocol_class
+from ._tls import start_tls as _start_tls
 from ._transport import _SocketTransport
 
 __all__ = [
@@ -246,9 +247,10 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         ssl_handshake_timeout: float | None = _constants.SSL_HANDSHAKE_TIMEOUT,
         ssl_shutdown_timeout: float | None = _constants.SSL_SHUTDOWN_TIMEOUT,
     ) -> Any:
-        # asyncio's SSLProtocol, over the native socket transport (asyncio's
-        # own builds its Python _SelectorSocketTransport here).
-        ssl_protocol = _sslproto.SSLProtocol(
+        # asyncio's SSLProtocol with a native data path (_tls.py), over the
+        # native socket transport (asyncio's own builds its Python
+        # _SelectorSocketTransport here).
+        ssl_protocol = _ssl_protocol_class()(
             self,
             protocol,
             sslcontext,
@@ -260,6 +262,9 @@ class Loop(_Loop, asyncio.AbstractEventLoop):  # type: ignore[misc]
         )
         self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
+
+    # -- TLS upgrade: asyncio's steps, ferroloop's SSLProtocol (_tls.py) -------
+    start_tls = _start_tls
 
     # -- datagrams: asyncio's transport with a native data path (_datagram.py)
     _make_datagram_transport = _make_datagram_transport

@@ -55,6 +55,7 @@ fn _ferroloop(m: &Bound<'_, PyModule>) -> PyResult<()> {
     future::init_statics(m.py())?;
     m.add_class::<io::stream::StreamCore>()?;
     m.add_class::<io::datagram::DatagramCore>()?;
+    m.add_class::<io::tls::TlsPump>()?;
     m.add_class::<io::sock_ops::SockWatch>()?;
     m.add_function(wrap_pyfunction!(io::sock_ops::_sock_recv, m)?)?;
     m.add_function(wrap_pyfunction!(io::sock_ops::_sock_recv_into, m)?)?;

@@ -45,10 +45,10 @@ use std::os::fd::{BorrowedFd, RawFd};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::gc::PyVisit;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyInt, PyString, PyTuple};
 use pyo3::PyTraverseError;
-use pyo3::{ffi, intern};
 use socket2::{SockAddr, SockAddrStorage};
 
 use crate::aio::in_context;
@@ -166,7 +166,7 @@ impl DatagramCore {
         let Some(transport) = slf.get().transport(py) else {
             return Ok(());
         };
-        let tdict = instance_dict(&transport)?;
+        let tdict = crate::io::instance_dict(&transport)?;
         // asyncio's `_read_ready` does nothing once the connection is lost;
         // what loses it later (close, _force_close) removes the reader too,
         // which `reading` shows per datagram.
@@ -403,7 +403,7 @@ impl DatagramCore {
         if fd < 0 || queue.bind(py).len()? != 0 {
             return Ok(None);
         }
-        let tdict = instance_dict(transport)?;
+        let tdict = crate::io::instance_dict(transport)?;
         match tdict.get_item(intern!(py, "_conn_lost"))? {
             Some(v) if !v.is_truthy()? => {}
             _ => return Ok(None),
@@ -462,7 +462,7 @@ impl DatagramCore {
                 ))
             }
         };
-        let tdict = instance_dict(transport)?;
+        let tdict = crate::io::instance_dict(transport)?;
         let field = |name: &str| -> PyResult<Bound<'_, PyAny>> {
             tdict
                 .get_item(name)?
@@ -633,22 +633,6 @@ pub(crate) fn run_ready(core: &Bound<'_, DatagramCore>) -> PyResult<()> {
             "panic in a datagram transport",
         ))
     })
-}
-
-/// The instance `__dict__` of `obj` (asyncio's transports keep their state
-/// there).
-fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyDict>> {
-    let py = obj.py();
-    // SAFETY: `obj` is live and the GIL is held; PyObject_GenericGetDict
-    // returns a new reference to the instance dict (creating it if needed),
-    // or NULL with an exception set.
-    let d = unsafe {
-        Bound::from_owned_ptr_or_err(
-            py,
-            ffi::PyObject_GenericGetDict(obj.as_ptr(), std::ptr::null_mut()),
-        )?
-    };
-    Ok(d.cast_into::<PyDict>()?)
 }
 
 /// Datagrams of one read, with their senders (inline: no allocation).
