@@ -42,9 +42,10 @@ bench-io-deps: ## wrk (apt, if missing) and the compiled echo client / floor ser
 			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk; \
 		fi; \
 	fi
+	$(MAKE) test-deps
 	cargo build --release -q -p echo-client
 
-lint: $(STAMP) ## rustfmt, clippy -D warnings, ruff, mypy stubtest
+lint: $(STAMP) test-deps ## rustfmt, clippy -D warnings, ruff, mypy stubtest (+ libssl-dev for the bench crate)
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -q -- -D warnings
 	$(VPY) -m ruff check python tests bench examples conformance
@@ -52,26 +53,29 @@ lint: $(STAMP) ## rustfmt, clippy -D warnings, ruff, mypy stubtest
 	$(VPY) -m mypy.stubtest ferroloop._ferroloop --allowlist python/stubtest-allowlist.txt
 
 test: build ## everything: lint, cargo test, pytest, seeds, fast conformance subset
+	$(MAKE) test-deps
 	$(MAKE) lint
 	cargo test --workspace -q
-	$(MAKE) test-deps
 	$(VPY) -m pytest -q -p no:cacheprovider
 	$(VPY) examples/demo.py --quick
 	$(VPY) -m conformance.run --fast
 
-# Debian packages of the servers the ecosystem tests run (tests/ecosystem):
-# installed only when a binary is missing, so a no-op (no apt) once present.
-test-deps: ## Debian packages for tests/ecosystem (redis-server, postgresql), if missing
+# Debian packages of the servers the ecosystem tests run (tests/ecosystem),
+# and OpenSSL's headers for the bench crate's TLS floor (echo-floor --tls,
+# compiled by cargo clippy/test): installed only when something is missing,
+# so a no-op (no apt) once present.
+test-deps: ## Debian packages: redis-server, postgresql, openssl, libssl-dev, if missing
 	@if command -v redis-server >/dev/null && command -v openssl >/dev/null && \
+	    pkg-config --exists openssl 2>/dev/null && \
 	    { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; } >/dev/null 2>&1; then \
 		exit 0; \
 	elif [ "$$(id -u)" != 0 ]; then \
-		echo "test-deps: redis-server, PostgreSQL or openssl missing and not root:" \
-		     "install redis-server postgresql openssl; their ecosystem tests will skip"; \
+		echo "test-deps: redis-server, PostgreSQL, openssl or libssl-dev missing and not root:" \
+		     "install redis-server postgresql openssl libssl-dev pkg-config"; \
 	else \
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			redis-server postgresql openssl; \
+			redis-server postgresql openssl libssl-dev pkg-config; \
 	fi
 
 conformance: build ## CPython's test_asyncio and uvloop's tests on ferroloop -> conformance/RESULTS.md, UVLOOP_RESULTS.md

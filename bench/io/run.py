@@ -11,7 +11,8 @@ transport TCP on 127.0.0.1 or a Unix socket in a temp dir; plus the datagram
 kind (a DatagramProtocol echoing with sendto) over UDP on 127.0.0.1, one
 datagram per message (1 KiB: see MAX_DATAGRAM); and the protocol and streams
 kinds over TLS 1.3 (the same server context on every loop; the client is
-rustls, no floor yet). Every measurement
+rustls, the floor echo-floor --tls on the system's OpenSSL, the library
+Python's ssl module runs). Every measurement
 is a FRESH server process (`servers.py KIND LOOP`), driven by the compiled
 ping-pong client (bench/io/echo-client: one epoll thread, --conns
 connections, each sends one message and waits for the whole echo, checked
@@ -580,6 +581,7 @@ def main() -> int:
             cmd += ["--tls", tls_files] if kind == "https" else []
         elif loop == FLOOR:
             cmd = [floor_bin, "--addr", addr_of[transport], "--max-seconds", life]
+            cmd += ["--tls", tls_files] if transport == "tls" else []
         else:
             cmd = [python, str(SERVERS), kind, loop, "--addr", addr_of[transport],
                    "--max-seconds", life]  # fmt: skip
@@ -621,7 +623,7 @@ def main() -> int:
                 for cell in [c for c in cells if c[1:] == (size, transport)]:
                     for loop in order:
                         run_one(cell, loop)
-                if not args.no_floor and transport != "tls":  # no TLS floor yet
+                if not args.no_floor:
                     run_one((FLOOR, size, transport), FLOOR)
             if do_http:
                 for loop in order:

@@ -14,6 +14,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 pub mod tls;
+pub mod tls_floor;
 
 /// `tcp:HOST:PORT`, `unix:/path`, `udp:HOST:PORT` or `tls:HOST:PORT`.
 #[derive(Clone, Debug)]

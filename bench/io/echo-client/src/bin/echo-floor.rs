@@ -2,7 +2,11 @@
 //!
 //! ```text
 //! echo-floor --addr tcp:127.0.0.1:0|unix:/path|udp:127.0.0.1:0 [--max-seconds 600]
+//!            [--tls CERT,KEY]
 //! ```
+//!
+//! With `--tls` (TCP only) every connection is TLS 1.3 on the system's
+//! OpenSSL (`echo_client::tls_floor`), and `READY` says `tls:HOST:PORT`.
 //!
 //! For UDP: per readiness event, `recvfrom` until `EAGAIN`, each datagram
 //! sent straight back with one `sendto` (a full send buffer drops it, as a
@@ -20,6 +24,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use echo_client::tls_floor::{self, Next, TlsConn};
 use echo_client::{cpu_times, parse_args, Addr, Epoll, Listener, Stream, IN, OUT};
 
 const BUF: usize = 256 * 1024;
@@ -39,6 +44,32 @@ struct Conn {
 enum Step {
     Keep,
     Close,
+}
+
+/// A connection: plain echo, or TLS echo (`--tls`).
+enum AnyConn {
+    Plain(Conn),
+    Tls(TlsConn),
+}
+
+impl AnyConn {
+    fn fd(&self) -> std::os::fd::RawFd {
+        match self {
+            AnyConn::Plain(c) => c.s.fd(),
+            AnyConn::Tls(c) => c.fd(),
+        }
+    }
+
+    fn on_event(&mut self, ep: &Epoll, token: u64, ev: u32) -> io::Result<Step> {
+        match self {
+            AnyConn::Plain(c) => c.on_event(ep, token, ev),
+            AnyConn::Tls(c) => match c.on_event() {
+                Next::Read => ep.modify(c.fd(), IN, token).map(|()| Step::Keep),
+                Next::Write => ep.modify(c.fd(), OUT, token).map(|()| Step::Keep),
+                Next::Close => Ok(Step::Close),
+            },
+        }
+    }
 }
 
 impl Conn {
@@ -88,9 +119,14 @@ impl Conn {
 fn run() -> Result<(), String> {
     let mut addr = None;
     let mut max_seconds = 600.0f64;
+    let mut tls = None;
     for (k, v) in parse_args(std::env::args().skip(1), &[])? {
         match k.as_str() {
             "addr" => addr = Some(Addr::parse(&v)?),
+            "tls" => {
+                let (cert, key) = v.split_once(',').ok_or("--tls: expected CERT,KEY")?;
+                tls = Some(tls_floor::server_context(cert, key)?);
+            }
             "max-seconds" => {
                 max_seconds = v
                     .parse::<f64>()
@@ -102,16 +138,24 @@ fn run() -> Result<(), String> {
         }
     }
     let addr = addr.ok_or("--addr is required")?;
+    if tls.is_some() && !matches!(addr, Addr::Tcp(_)) {
+        return Err("--tls needs a tcp: address".into());
+    }
     let err = |e: io::Error| e.to_string();
     let (listener, bound) = addr.listen().map_err(err)?;
     let mut ep = Epoll::new(1024).map_err(err)?;
     ep.add(listener.fd(), IN, LISTEN).map_err(err)?;
     ep.add(0, IN, STDIN).map_err(err)?;
-    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut conns: Vec<Option<AnyConn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     {
         let mut out = io::stdout().lock();
-        writeln!(out, "READY {bound}").map_err(err)?;
+        if tls.is_some() {
+            let hp = bound.strip_prefix("tcp:").unwrap_or(&bound);
+            writeln!(out, "READY tls:{hp}").map_err(err)?;
+        } else {
+            writeln!(out, "READY {bound}").map_err(err)?;
+        }
         out.flush().map_err(err)?;
     }
 
@@ -148,12 +192,28 @@ fn run() -> Result<(), String> {
                             conns.len() - 1
                         });
                         ep.add(s.fd(), IN, i as u64).map_err(err)?;
-                        conns[i] = Some(Conn {
-                            s,
-                            buf: vec![0; BUF],
-                            start: 0,
-                            end: 0,
-                        });
+                        conns[i] = match (&tls, s) {
+                            (Some(ctx), Stream::Tcp(t)) => match TlsConn::accept(ctx, t, BUF) {
+                                Ok(c) => Some(AnyConn::Tls(c)),
+                                Err(_) => None, // closed: the client sees the failure
+                            },
+                            (_, s) => Some(AnyConn::Plain(Conn {
+                                s,
+                                buf: vec![0; BUF],
+                                start: 0,
+                                end: 0,
+                            })),
+                        };
+                        // A handshake done at accept time may have read the
+                        // first records too (read-ahead): serve them now.
+                        let first = match &mut conns[i] {
+                            Some(c @ AnyConn::Tls(_)) => c.on_event(&ep, i as u64, IN),
+                            _ => Ok(Step::Keep),
+                        };
+                        if conns[i].is_none() || !matches!(first, Ok(Step::Keep)) {
+                            conns[i] = None;
+                            free.push(i);
+                        }
                     }
                 }
                 t => {
@@ -163,7 +223,7 @@ fn run() -> Result<(), String> {
                     };
                     let step = c.on_event(&ep, t, ev).unwrap_or(Step::Close);
                     if let Step::Close = step {
-                        let _ = ep.delete(c.s.fd());
+                        let _ = ep.delete(c.fd());
                         conns[i] = None; // closes the socket
                         free.push(i);
                     }
