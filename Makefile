@@ -56,7 +56,7 @@ test: build ## everything: lint, cargo test, pytest, seeds, fast conformance sub
 	$(MAKE) test-deps
 	$(MAKE) lint
 	cargo test --workspace -q
-	$(VPY) -m pytest -q -p no:cacheprovider
+	$(VPY) -m pytest -q -p no:cacheprovider --durations=15
 	$(VPY) examples/demo.py --quick
 	$(VPY) -m conformance.run --fast
 
