@@ -2,12 +2,15 @@
 //! on the system's OpenSSL (the library Python's `ssl` module runs), so the
 //! floor pays the same crypto as the servers under test and nothing else.
 //!
-//! TLS 1.3 only, as `bench/io/servers.py --tls`. Read-ahead is on (OpenSSL
-//! reads the socket in large chunks instead of a header and a body per
-//! record), so a readiness event drains `ssl_read` until it would block:
-//! level-triggered epoll cannot see records OpenSSL already holds.
+//! TLS 1.3 only, as `bench/io/servers.py --tls`. OpenSSL works on memory
+//! buffers, as `ssl.SSLObject` over `ssl.MemoryBIO`s does: per readiness
+//! event one `read` of up to 256 KiB of ciphertext, every whole record
+//! decrypted, the plaintext encrypted back, and one `write` of the result.
+//! (OpenSSL on the socket itself reads a record header and body per call
+//! and writes a record per call: several syscalls per message, more than
+//! the servers it is the floor of.)
 
-use std::io;
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
 
@@ -27,109 +30,177 @@ pub fn server_context(cert: &str, key: &str) -> Result<SslContext, String> {
     b.set_certificate_chain_file(cert).map_err(e)?;
     b.set_private_key_file(key, SslFiletype::PEM).map_err(e)?;
     b.check_private_key().map_err(e)?;
-    b.set_read_ahead(true);
     Ok(b.build())
 }
 
+/// What OpenSSL reads from and writes to: ciphertext that came from the
+/// socket (`input[pos..]`), and ciphertext to send (`output[sent..]`).
+struct Buffers {
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+    sent: usize,
+}
+
+impl Read for Buffers {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.input.len() - self.pos).min(buf.len());
+        if n == 0 {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        buf[..n].copy_from_slice(&self.input[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for Buffers {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 enum State {
-    Handshaking(MidHandshakeSslStream<TcpStream>),
-    Open(SslStream<TcpStream>),
+    Handshaking(MidHandshakeSslStream<Buffers>),
+    Open(SslStream<Buffers>),
     Done,
+}
+
+impl State {
+    fn buffers(&mut self) -> Option<&mut Buffers> {
+        match self {
+            State::Handshaking(m) => Some(m.get_mut()),
+            State::Open(s) => Some(s.get_mut()),
+            State::Done => None,
+        }
+    }
 }
 
 /// What the caller does with the connection after an event.
 pub enum Next {
     /// Wait for readable.
     Read,
-    /// Wait for writable (encrypted bytes are waiting to go out).
+    /// Wait for writable (ciphertext is waiting to go out).
     Write,
     Close,
 }
 
 /// One TLS connection echoing what it reads.
 pub struct TlsConn {
+    sock: TcpStream,
     state: State,
-    fd: RawFd,
-    buf: Vec<u8>,
-    /// Plaintext `buf[start..end]` read but not written back yet.
-    start: usize,
-    end: usize,
+    /// The socket read buffer, and the plaintext buffer.
+    rbuf: Vec<u8>,
+    plain: Vec<u8>,
 }
 
 impl TlsConn {
-    pub fn accept(ctx: &SslContext, s: TcpStream, buf_len: usize) -> io::Result<Self> {
-        let fd = s.as_raw_fd();
+    pub fn accept(ctx: &SslContext, sock: TcpStream, buf_len: usize) -> io::Result<Self> {
         let ssl = Ssl::new(ctx).map_err(io::Error::other)?;
-        let mut c = TlsConn {
-            state: State::Done,
-            fd,
-            buf: vec![0; buf_len],
-            start: 0,
-            end: 0,
+        let bufs = Buffers {
+            input: Vec::with_capacity(buf_len),
+            pos: 0,
+            output: Vec::with_capacity(buf_len),
+            sent: 0,
         };
-        c.state = match ssl.accept(s) {
+        let state = match ssl.accept(bufs) {
             Ok(s) => State::Open(s),
             Err(HandshakeError::WouldBlock(m)) => State::Handshaking(m),
-            Err(e) => return Err(io::Error::other(e.to_string())),
+            Err(_) => return Err(io::Error::other("TLS setup failed")),
         };
-        Ok(c)
+        Ok(TlsConn {
+            sock,
+            state,
+            rbuf: vec![0; buf_len],
+            plain: vec![0; buf_len],
+        })
     }
 
     pub fn fd(&self) -> RawFd {
-        self.fd
+        self.sock.as_raw_fd()
     }
 
-    /// Runs what the socket's readiness allows.
+    /// Sends what is waiting; false while some is left.
+    fn send(&mut self) -> io::Result<bool> {
+        let Some(b) = self.state.buffers() else {
+            return Ok(true);
+        };
+        // Bounded: each pass writes >= 1 byte or leaves.
+        while b.sent < b.output.len() {
+            match self.sock.write(&b.output[b.sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => b.sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        b.output.clear();
+        b.sent = 0;
+        Ok(true)
+    }
+
+    /// Runs what the socket's readiness allows: at most one read and one
+    /// write syscall.
     pub fn on_event(&mut self) -> Next {
+        match self.send() {
+            Ok(true) => {}
+            Ok(false) => return Next::Write,
+            Err(_) => return Next::Close,
+        }
+        let n = match self.sock.read(&mut self.rbuf) {
+            Ok(0) => return Next::Close,
+            Ok(n) => n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => 0,
+            Err(_) => return Next::Close,
+        };
+        if let Some(b) = self.state.buffers() {
+            // What OpenSSL took goes; a partial record stays at the front.
+            b.input.drain(..b.pos);
+            b.pos = 0;
+            b.input.extend_from_slice(&self.rbuf[..n]);
+        }
         if let State::Handshaking(_) = self.state {
             let State::Handshaking(m) = std::mem::replace(&mut self.state, State::Done) else {
                 unreachable!()
             };
-            match m.handshake() {
-                Ok(s) => self.state = State::Open(s),
-                Err(HandshakeError::WouldBlock(m)) => {
-                    self.state = State::Handshaking(m);
-                    return Next::Read;
-                }
+            self.state = match m.handshake() {
+                Ok(s) => State::Open(s),
+                Err(HandshakeError::WouldBlock(m)) => State::Handshaking(m),
                 Err(_) => return Next::Close,
+            };
+        }
+        if let State::Open(s) = &mut self.state {
+            // Every whole record in, then the plaintext back out (bounded
+            // by the input held: each read consumes a record).
+            let mut got = 0;
+            loop {
+                if got == self.plain.len() {
+                    self.plain.resize(got * 2, 0);
+                }
+                match s.ssl_read(&mut self.plain[got..]) {
+                    Ok(k) => got += k,
+                    Err(e) if e.code() == ErrorCode::WANT_READ => break,
+                    Err(_) => return Next::Close, // close_notify, bad record
+                }
+            }
+            let mut put = 0;
+            while put < got {
+                match s.ssl_write(&self.plain[put..got]) {
+                    Ok(k) => put += k,
+                    Err(_) => return Next::Close, // memory output never blocks
+                }
             }
         }
-        let State::Open(s) = &mut self.state else {
-            return Next::Close;
-        };
-        // Bounded: every pass sends what it read; it reads again only when
-        // the buffer filled up (else the next readiness event says when).
-        let mut more = true;
-        loop {
-            while self.start < self.end {
-                match s.ssl_write(&self.buf[self.start..self.end]) {
-                    Ok(n) => self.start += n,
-                    Err(e) if e.code() == ErrorCode::WANT_WRITE => return Next::Write,
-                    Err(e) if e.code() == ErrorCode::WANT_READ => return Next::Read,
-                    Err(_) => return Next::Close,
-                }
-            }
-            self.start = 0;
-            self.end = 0;
-            if !more {
-                return Next::Read;
-            }
-            // Drain what OpenSSL and the socket hold, up to a full buffer.
-            more = false;
-            loop {
-                if self.end == self.buf.len() {
-                    more = true;
-                    break;
-                }
-                match s.ssl_read(&mut self.buf[self.end..]) {
-                    Ok(n) => self.end += n,
-                    Err(e) if e.code() == ErrorCode::WANT_READ => break,
-                    Err(_) => return Next::Close, // close_notify, reset, error
-                }
-            }
-            if self.end == 0 {
-                return Next::Read;
-            }
+        match self.send() {
+            Ok(true) => Next::Read,
+            Ok(false) => Next::Write,
+            Err(_) => Next::Close,
         }
     }
 }

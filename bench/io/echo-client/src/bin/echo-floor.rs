@@ -6,7 +6,9 @@
 //! ```
 //!
 //! With `--tls` (TCP only) every connection is TLS 1.3 on the system's
-//! OpenSSL (`echo_client::tls_floor`), and `READY` says `tls:HOST:PORT`.
+//! OpenSSL over memory buffers (`echo_client::tls_floor`: one read, one
+//! write per message, as the Python servers), and `READY` says
+//! `tls:HOST:PORT`.
 //!
 //! For UDP: per readiness event, `recvfrom` until `EAGAIN`, each datagram
 //! sent straight back with one `sendto` (a full send buffer drops it, as a
@@ -46,28 +48,36 @@ enum Step {
     Close,
 }
 
-/// A connection: plain echo, or TLS echo (`--tls`).
+/// A connection: plain echo, or TLS echo (`--tls`; with whether the fd is
+/// watched for writable instead of readable).
 enum AnyConn {
     Plain(Conn),
-    Tls(TlsConn),
+    Tls(TlsConn, bool),
 }
 
 impl AnyConn {
     fn fd(&self) -> std::os::fd::RawFd {
         match self {
             AnyConn::Plain(c) => c.s.fd(),
-            AnyConn::Tls(c) => c.fd(),
+            AnyConn::Tls(c, _) => c.fd(),
         }
     }
 
     fn on_event(&mut self, ep: &Epoll, token: u64, ev: u32) -> io::Result<Step> {
         match self {
             AnyConn::Plain(c) => c.on_event(ep, token, ev),
-            AnyConn::Tls(c) => match c.on_event() {
-                Next::Read => ep.modify(c.fd(), IN, token).map(|()| Step::Keep),
-                Next::Write => ep.modify(c.fd(), OUT, token).map(|()| Step::Keep),
-                Next::Close => Ok(Step::Close),
-            },
+            AnyConn::Tls(c, writing) => {
+                let want_write = match c.on_event() {
+                    Next::Read => false,
+                    Next::Write => true,
+                    Next::Close => return Ok(Step::Close),
+                };
+                if want_write != *writing {
+                    *writing = want_write;
+                    ep.modify(c.fd(), if want_write { OUT } else { IN }, token)?;
+                }
+                Ok(Step::Keep)
+            }
         }
     }
 }
@@ -194,7 +204,7 @@ fn run() -> Result<(), String> {
                         ep.add(s.fd(), IN, i as u64).map_err(err)?;
                         conns[i] = match (&tls, s) {
                             (Some(ctx), Stream::Tcp(t)) => match TlsConn::accept(ctx, t, BUF) {
-                                Ok(c) => Some(AnyConn::Tls(c)),
+                                Ok(c) => Some(AnyConn::Tls(c, false)),
                                 Err(_) => None, // closed: the client sees the failure
                             },
                             (_, s) => Some(AnyConn::Plain(Conn {
@@ -204,10 +214,10 @@ fn run() -> Result<(), String> {
                                 end: 0,
                             })),
                         };
-                        // A handshake done at accept time may have read the
-                        // first records too (read-ahead): serve them now.
+                        // The client's hello is likely queued already: read
+                        // it now rather than on the next wait.
                         let first = match &mut conns[i] {
-                            Some(c @ AnyConn::Tls(_)) => c.on_event(&ep, i as u64, IN),
+                            Some(c @ AnyConn::Tls(..)) => c.on_event(&ep, i as u64, IN),
                             _ => Ok(Step::Keep),
                         };
                         if conns[i].is_none() || !matches!(first, Ok(Step::Keep)) {
