@@ -49,10 +49,33 @@ use pyo3::types::{
 };
 use pyo3::{ffi, intern, PyTraverseError};
 
-use crate::gil::GilRefCell;
+use crate::gil::{GilCell, GilRefCell};
 
 /// The most plaintext one TLS record carries (2^14 bytes).
 const MAX_RECORD_PLAINTEXT: usize = 1 << 14;
+
+/// One read buffer for the ciphertext of every TLS connection (a
+/// `memoryview` over a `bytearray` of asyncio's `SSLProtocol.max_size`),
+/// instead of one per connection: between `get_buffer` and
+/// `buffer_updated` only the socket read runs, and `buffer_updated` copies
+/// the bytes into the connection's BIO at once, so one buffer serves all,
+/// and it stays in the CPU's cache (ten connections' own 256 KiB buffers
+/// do not).
+static SHARED_READ: GilCell<Option<Py<PyAny>>> = GilCell::new(None);
+
+/// The shared read buffer, made on first use with `size` bytes.
+fn shared_read_buffer(py: Python<'_>, size: usize) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: GIL held; the closure only clones a reference (no Python code).
+    let have = unsafe { SHARED_READ.with(|v| v.as_ref().map(|v| v.clone_ref(py))) };
+    if let Some(v) = have {
+        return Ok(v.into_bound(py));
+    }
+    let view = PyMemoryView::from(&PyByteArray::new(py, &vec![0u8; size]))?.into_any();
+    let keep = view.clone().unbind();
+    // SAFETY: as above; the slot is empty (nothing ran since the check).
+    unsafe { SHARED_READ.with(|v| *v = Some(keep)) };
+    Ok(view)
+}
 
 struct PumpState {
     protocol: Option<Py<PyAny>>,
@@ -60,6 +83,9 @@ struct PumpState {
     pdict: Option<Py<PyDict>>,
     /// A weak reference to the application transport.
     app_transport: Option<Py<PyAny>>,
+    /// The last `get_buffer` lent the shared read buffer (else the
+    /// protocol's own, which asyncio's `get_buffer` may have regrown).
+    lent_shared: bool,
 }
 
 /// See the module docs.
@@ -503,6 +529,7 @@ impl TlsPump {
                 protocol: Some(protocol.clone().unbind()),
                 pdict: Some(pdict.unbind()),
                 app_transport,
+                lent_shared: false,
             }),
             incoming,
             outgoing,
@@ -557,7 +584,8 @@ impl TlsPump {
         drop(taken);
     }
 
-    /// `BufferedProtocol.get_buffer`: the protocol's read buffer.
+    /// `BufferedProtocol.get_buffer`: the shared read buffer (asyncio's
+    /// `SSLProtocol` lends its own, of `max_size` bytes: the same size).
     fn get_buffer<'py>(&self, py: Python<'py>, n: isize) -> PyResult<Bound<'py, PyAny>> {
         let (p, d) = self.peers(py)?;
         let want = if n <= 0 || n > self.max_size {
@@ -565,6 +593,14 @@ impl TlsPump {
         } else {
             n
         };
+        if let Ok(size) = usize::try_from(self.max_size) {
+            let view = shared_read_buffer(py, size)?;
+            if view.len()? as isize >= want {
+                self.st.lock().lent_shared = true;
+                return Ok(view);
+            }
+        }
+        self.st.lock().lent_shared = false;
         let view = field(&p, &d, intern!(py, "_ssl_buffer_view"))?;
         if view.len()? as isize >= want {
             return Ok(view);
@@ -581,7 +617,11 @@ impl TlsPump {
     /// the read buffer.
     fn buffer_updated(&self, py: Python<'_>, nbytes: isize) -> PyResult<()> {
         let (p, d) = self.peers(py)?;
-        let view = field(&p, &d, intern!(py, "_ssl_buffer_view"))?;
+        let shared = std::mem::take(&mut self.st.lock().lent_shared);
+        let view = match usize::try_from(self.max_size) {
+            Ok(size) if shared => shared_read_buffer(py, size)?,
+            _ => field(&p, &d, intern!(py, "_ssl_buffer_view"))?,
+        };
         let chunk = view.get_item(PySlice::new(py, 0, nbytes, 1))?;
         self.incoming
             .bind(py)
