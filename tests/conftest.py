@@ -74,6 +74,17 @@ def pytest_configure(config):
         'markers', 'gc: slow memory/garbage-collection volume tests')
 
 
+def pytest_collection_finish(session):
+    # What exists once collection ends (imported modules, test items) lives
+    # for the whole run: freeze it out of the cyclic GC's generations, so the
+    # gc.collect() calls of the ``loop`` fixture (three per test) traverse
+    # only what tests create. With the whole suite collected a full
+    # collection took 37 ms, about 6 minutes of ``make test`` in all.
+    # Objects made by tests are collected (and reported) as before.
+    gc.collect()
+    gc.freeze()
+
+
 class LoopState:
     def __init__(self):
         self.errors = []
