@@ -78,6 +78,11 @@ class _SSLProtocol(_BASE):  # type: ignore[misc,valid-type]
         )
         for name in _PUMPED:
             setattr(self, name, getattr(pump, name))
+        # The pump lends one read buffer shared by every connection: the
+        # 256 KiB asyncio just gave this one goes (asyncio's get_buffer,
+        # the pump's fallback, grows it again if it is ever asked to).
+        self._ssl_buffer = bytearray()
+        self._ssl_buffer_view = memoryview(self._ssl_buffer)
         if self._app_transport is not None:
             self._app_transport.write = pump.write
 
