@@ -587,7 +587,7 @@ impl TlsPump {
     /// `BufferedProtocol.get_buffer`: the shared read buffer (asyncio's
     /// `SSLProtocol` lends its own, of `max_size` bytes: the same size).
     fn get_buffer<'py>(&self, py: Python<'py>, n: isize) -> PyResult<Bound<'py, PyAny>> {
-        let (p, d) = self.peers(py)?;
+        let (p, _) = self.peers(py)?;
         let want = if n <= 0 || n > self.max_size {
             self.max_size
         } else {
@@ -600,11 +600,9 @@ impl TlsPump {
                 return Ok(view);
             }
         }
+        // asyncio's own: it lends the protocol's buffer, grown if needed
+        // (`_SSLProtocol` dropped the one asyncio made).
         self.st.lock().lent_shared = false;
-        let view = field(&p, &d, intern!(py, "_ssl_buffer_view"))?;
-        if view.len()? as isize >= want {
-            return Ok(view);
-        }
         self.fallback(
             py,
             intern!(py, "get_buffer"),
